@@ -1,0 +1,28 @@
+"""The one ``arrcoc`` entry point. Subcommands share it; each lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "demo": ("arrcoc.demo", "forward/backward smoke of the whole model on the embedded tiny preset"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: arrcoc <command> [options]\n\ncommands:")
+        for name, (_, desc) in COMMANDS.items():
+            print(f"  {name:10s}{desc}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"arrcoc: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = __import__(COMMANDS[name][0], fromlist=["main"])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

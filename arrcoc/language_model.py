@@ -1,0 +1,110 @@
+"""Language model: any transformers causal LM with its tokenizer, plus the embedded tiny preset.
+
+The LLM is the last stage of the data flow: it receives text embeddings with the projected visual
+tokens spliced in (see :mod:`arrcoc.packing`) and predicts the answer. Real presets load by name or
+path through ``from_pretrained``; ``arrcoc-tiny-lm`` builds a small Llama-style decoder from a config
+and the locally built tokenizer, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+
+from arrcoc.tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
+
+TINY_LM = "arrcoc-tiny-lm"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> nn.Module:
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+    config._attn_implementation = "sdpa"
+    return AutoModelForCausalLM.from_config(config)
+
+
+class LanguageModel(nn.Module):
+    """A causal LM and its tokenizer, with an ``<image>`` placeholder token.
+
+    Args:
+        name: ``arrcoc-tiny-lm`` or any transformers causal LM name or local path
+            (e.g. ``Qwen/Qwen2.5-1.5B-Instruct``).
+        dtype: weight dtype for pretrained models (``bfloat16``, ``float16``, ``float32``);
+            ``None`` keeps the checkpoint's.
+        trust_remote_code: passed to transformers; off unless a config turns it on.
+        attn_implementation: e.g. ``sdpa``, ``flash_attention_2``; ``None`` lets transformers choose.
+        revision: a model revision (branch, tag or commit) for hub names.
+    """
+
+    def __init__(
+        self,
+        name: str = TINY_LM,
+        dtype: Optional[str] = None,
+        trust_remote_code: bool = False,
+        attn_implementation: Optional[str] = None,
+        revision: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"llm.dtype={dtype!r} is not supported; valid: {sorted(_DTYPES)} or null")
+        self.name = name
+        if name == TINY_LM:
+            tokenizer = build_tiny_tokenizer()
+            model = _tiny_lm(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                             tokenizer.eos_token_id)
+        else:
+            kwargs = dict(trust_remote_code=trust_remote_code, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                name, dtype=_DTYPES[dtype] if dtype else "auto",
+                attn_implementation=attn_implementation, **kwargs)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if IMAGE_TOKEN not in tokenizer.get_vocab():
+            # Never embedded: the placeholder is replaced by visual tokens before the LLM runs,
+            # so the embedding matrix does not grow.
+            tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+        self.model: nn.Module = model
+        self.tokenizer: PreTrainedTokenizerBase = tokenizer
+        self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.hidden_size: int = int(model.config.hidden_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token ids [B, T] -> embeddings [B, T, E]; ids outside the embedding table (the image
+        placeholder of a pretrained tokenizer) embed as padding."""
+        table = self.model.get_input_embeddings()
+        ids = ids.masked_fill(ids >= table.num_embeddings, self.tokenizer.pad_token_id)
+        return table(ids)
+
+    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        """Final hidden states [B, L, E] of the decoder (no LM head: logits are taken where needed)."""
+        out = self.model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Hidden states [..., E] -> vocabulary logits [..., V]."""
+        return self.model.get_output_embeddings()(hidden)

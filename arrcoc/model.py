@@ -1,0 +1,316 @@
+"""ARRCOCModel: encoder -> scorers -> balancer -> allocator -> projector -> LLM, in one module.
+
+Per image and question the model decides how many visual tokens the LLM gets (a budget in
+``[min_tokens, max_tokens]``) and which ones (top-k of a balanced relevance map); the dropped patches
+are summarised into context tokens. ``full_tokens=True`` turns allocation off: all patches in raster
+order, the same model used for alignment (phase 1) and as the baseline of every comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from arrcoc.allocator import Selection, TokenAllocator
+from arrcoc.balancer import OpponentBalancer
+from arrcoc.compression import DroppedTokenSummary
+from arrcoc.encoder import TINY_ENCODER, VisionEncoder
+from arrcoc.language_model import TINY_LM, LanguageModel
+from arrcoc.packing import IGNORE_INDEX, PackedInputs, pack_multimodal
+from arrcoc.positions import GridPositionEmbedding
+from arrcoc.projector import ProjectorSpec, build_projector
+from arrcoc.scorers import SCORERS, RelevanceScorer, ScorerInputs, ScorerSpec, build_scorer, masked_mean
+
+DEFAULT_SCORERS = ("propositional", "perspectival", "participatory")
+
+
+@dataclass
+class AllocationRecord:
+    """One sample's allocation: what the LLM saw of its image, and why."""
+
+    budget: int  # k, patches kept
+    kept_indices: Tensor  # [k] raster indices into the H' x W' grid, ascending
+    summary_tokens: int  # context tokens summarising the dropped patches
+    scorer_maps: dict[str, Tensor] = field(default_factory=dict)  # name -> [N] standardised scores
+    weights: dict[str, float] = field(default_factory=dict)  # name -> balancer weight
+
+    @property
+    def visual_tokens(self) -> int:
+        return self.budget + self.summary_tokens
+
+
+@dataclass
+class Allocation:
+    """The batch's allocation; :meth:`records` splits it per sample."""
+
+    budget: Tensor  # [B] long
+    budget_soft: Tensor  # [B] float
+    keep_mask: Tensor  # [B, N] bool
+    summary_valid: Tensor  # [B, R] bool (R = 0 without summaries)
+    grid: tuple[int, int]
+    scorer_names: list[str]
+    scorer_maps: Optional[Tensor] = None  # [B, S, N], None in full-token mode
+    weights: Optional[Tensor] = None  # [B, S]
+    relevance: Optional[Tensor] = None  # [B, N]
+
+    @property
+    def visual_tokens(self) -> Tensor:
+        """[B] visual tokens the LLM saw per sample (kept + summary)."""
+        return self.budget + self.summary_valid.sum(-1)
+
+    def records(self) -> list[AllocationRecord]:
+        out = []
+        for i in range(self.budget.shape[0]):
+            maps, weights = {}, {}
+            if self.scorer_maps is not None:
+                maps = {n: self.scorer_maps[i, s].detach().cpu() for s, n in enumerate(self.scorer_names)}
+                weights = {n: float(self.weights[i, s].detach()) for s, n in enumerate(self.scorer_names)}
+            out.append(AllocationRecord(
+                budget=int(self.budget[i]),
+                kept_indices=self.keep_mask[i].nonzero().flatten().cpu(),
+                summary_tokens=int(self.summary_valid[i].sum()),
+                scorer_maps=maps, weights=weights,
+            ))
+        return out
+
+
+@dataclass
+class ARRCOCOutput:
+    loss: Optional[Tensor]  # [] lm_loss + budget_loss_weight * budget_loss (None without labels)
+    lm_loss: Optional[Tensor]  # [] mean cross-entropy over answer tokens
+    budget_loss: Tensor  # [] batch-mean budget constraint (0 in full-token mode)
+    logits: Optional[Tensor]  # [B, L, V] over the packed sequence, if requested
+    answer_logits: Optional[Tensor]  # [M, V] logits that predict the M answer tokens
+    answer_targets: Optional[Tensor]  # [M] the answer tokens they predict
+    packed: PackedInputs
+    allocation: Allocation
+
+
+class ARRCOCModel(nn.Module):
+    """The ARR-COC vision-language model.
+
+    Args:
+        encoder: an open_clip model name or a built :class:`VisionEncoder` (frozen by default).
+        llm: a transformers causal LM name/path or a built :class:`LanguageModel`.
+        scorers: relevance scorers: built-in names (``propositional``, ``perspectival``,
+            ``participatory``), :class:`RelevanceScorer` subclasses or factories
+            ``(vision_dim, text_dim) -> RelevanceScorer`` (YAML: ``class_path`` + ``init_args``).
+        min_tokens, max_tokens: per-sample budget bounds (default 64..400 of 576).
+        target_tokens: target of the batch-mean budget (default 198).
+        budget_loss_weight: weight of the batch-mean budget constraint in ``loss``.
+        gate_temperature: softness of the differentiable selection gate.
+        selection_noise: Gumbel exploration noise on the top-k in training (0 = off).
+        summary_grid: dropped patches are pooled into ``summary_grid**2`` context tokens; 0 = off.
+        projector: ``mlp2x_gelu`` (LLaVA-1.5), ``linear``, or a factory ``(in_dim, out_dim)``.
+        full_tokens: allocation off: every patch, in raster order, no scorers run.
+    """
+
+    def __init__(
+        self,
+        encoder: Union[str, VisionEncoder] = TINY_ENCODER,
+        llm: Union[str, LanguageModel] = TINY_LM,
+        scorers: Sequence[ScorerSpec] = DEFAULT_SCORERS,
+        min_tokens: int = 64,
+        max_tokens: int = 400,
+        target_tokens: float = 198.0,
+        budget_loss_weight: float = 10.0,
+        gate_temperature: float = 0.5,
+        selection_noise: float = 0.0,
+        summary_grid: int = 1,
+        projector: ProjectorSpec = "mlp2x_gelu",
+        full_tokens: bool = False,
+    ) -> None:
+        super().__init__()
+        # Cheap checks first, before any weights are built.
+        if min_tokens < 1:
+            raise ValueError(f"min_tokens={min_tokens} must be >= 1")
+        if min_tokens > max_tokens:
+            raise ValueError(f"min_tokens={min_tokens} > max_tokens={max_tokens}; need min_tokens <= max_tokens")
+        if summary_grid < 0:
+            raise ValueError(f"summary_grid={summary_grid} must be >= 0 (0 disables summary tokens)")
+        if len(scorers) == 0:
+            raise ValueError("scorers is empty; give at least one, e.g. " + str(list(DEFAULT_SCORERS)))
+        for spec in scorers:
+            if isinstance(spec, str) and spec not in SCORERS:
+                raise ValueError(f"scorers: unknown scorer name {spec!r}; valid names: {sorted(SCORERS)}, "
+                                 "or a RelevanceScorer subclass given by class_path")
+
+        self.encoder = VisionEncoder(encoder) if isinstance(encoder, str) else encoder
+        self.llm = LanguageModel(llm) if isinstance(llm, str) else llm
+        d, e, n = self.encoder.width, self.llm.hidden_size, self.encoder.num_patches
+        if max_tokens > n:
+            raise ValueError(f"max_tokens={max_tokens} exceeds the {n} patches of encoder "
+                             f"{self.encoder.name!r} ({self.encoder.grid[0]}x{self.encoder.grid[1]}); valid: "
+                             f"{min_tokens}..{n}")
+
+        built = [build_scorer(s, d, e) for s in scorers]
+        self.scorer_names = _unique_names([s if isinstance(s, str) else type(m).__name__
+                                           for s, m in zip(scorers, built)])
+        self.scorers = nn.ModuleList(built)
+        context_dim = e + d  # question gist + image gist
+        self.balancer = OpponentBalancer(len(built), context_dim)
+        self.allocator = TokenAllocator(n, context_dim, min_tokens=min_tokens, max_tokens=max_tokens,
+                                        target_tokens=target_tokens, temperature=gate_temperature,
+                                        selection_noise=selection_noise)
+        self.summary = DroppedTokenSummary(self.encoder.grid, d, summary_grid) if summary_grid else None
+        self.positions = GridPositionEmbedding(self.encoder.grid, d)
+        self.projector = build_projector(projector, d, e)
+        self.budget_loss_weight = budget_loss_weight
+        self.full_tokens = full_tokens
+
+    # ------------------------------------------------------------------ structure
+    def components(self) -> dict[str, nn.Module]:
+        """Named parts, in data-flow order: what freezing, per-component learning rates and the
+        trainable-parameter table address."""
+        parts = {"encoder": self.encoder, "scorers": self.scorers, "balancer": self.balancer,
+                 "allocator": self.allocator, "summary": self.summary, "positions": self.positions,
+                 "projector": self.projector, "llm": self.llm}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def allocation_parameters(self) -> list[nn.Parameter]:
+        """Parameters that only exist to allocate tokens (trained in the relevance phase)."""
+        mods = [self.scorers, self.balancer, self.allocator] + ([self.summary] if self.summary else [])
+        return [p for m in mods for p in m.parameters()]
+
+    @property
+    def tokenizer(self):
+        return self.llm.tokenizer
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pixel_values: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        question_ids: Optional[Tensor] = None,
+        question_mask: Optional[Tensor] = None,
+        patch_features: Optional[Tensor] = None,
+        cls_features: Optional[Tensor] = None,
+        budget: Optional[Union[int, Tensor]] = None,
+        full_tokens: Optional[bool] = None,
+        return_logits: bool = True,
+    ) -> ARRCOCOutput:
+        """Run the whole model on a batch.
+
+        Args:
+            input_ids, attention_mask: [B, T] prompt (+ answer) with one ``<image>`` token each.
+            pixel_values: [B, 3, S, S] from ``encoder.transform``; or give ``patch_features``
+                [B, N, D] (and ``cls_features`` [B, D]) precomputed by the frozen encoder.
+            labels: [B, T] answer token ids, -100 elsewhere.
+            question_ids, question_mask: [B, Tq] the question alone (what the scorers read).
+            budget: an int or [B] tensor that overrides the budget head (equal-token baselines).
+            full_tokens: override the module's ``full_tokens`` for this call.
+            return_logits: also return [B, L, V] logits (memory-heavy for big vocabularies).
+        """
+        patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
+        b, n, _ = patches.shape
+        full = self.full_tokens if full_tokens is None else full_tokens
+
+        if full:
+            sel = self._keep_all(b, n, patches.device)
+            maps = weights = relevance = None
+        else:
+            maps, weights, relevance, sel = self._allocate(patches, cls, pixel_values, question_ids,
+                                                           question_mask, budget)
+
+        visual, visual_mask, summary_valid = self._visual_tokens(patches, sel, relevance, full)
+        text = self.llm.embed(input_ids)  # [B, T, E]
+        packed = pack_multimodal(text, input_ids, attention_mask, visual, visual_mask,
+                                 self.llm.image_token_id, labels=labels)
+        hidden = self.llm.hidden_states(packed.embeds, packed.attention_mask, packed.position_ids)  # [B, L, E]
+
+        lm_loss = answer_logits = answer_targets = None
+        if packed.labels is not None:
+            targets = packed.labels[:, 1:]  # token t+1 is predicted at position t
+            supervised = targets != IGNORE_INDEX  # [B, L-1]
+            answer_logits = self.llm.logits(hidden[:, :-1][supervised]).float()  # [M, V]
+            answer_targets = targets[supervised]  # [M]
+            if answer_targets.numel() > 0:
+                lm_loss = F.cross_entropy(answer_logits, answer_targets)
+            else:  # nothing to predict: a zero that keeps the graph connected
+                lm_loss = hidden.sum() * 0.0
+        logits = self.llm.logits(hidden) if return_logits else None
+
+        loss = None
+        if lm_loss is not None:
+            loss = lm_loss if full else lm_loss + self.budget_loss_weight * sel.budget_loss
+        allocation = Allocation(
+            budget=sel.budget, budget_soft=sel.budget_soft, keep_mask=sel.keep_mask,
+            summary_valid=summary_valid, grid=self.encoder.grid, scorer_names=list(self.scorer_names),
+            scorer_maps=maps, weights=weights, relevance=relevance,
+        )
+        return ARRCOCOutput(loss=loss, lm_loss=lm_loss, budget_loss=sel.budget_loss, logits=logits,
+                            answer_logits=answer_logits, answer_targets=answer_targets, packed=packed,
+                            allocation=allocation)
+
+    # ------------------------------------------------------------------ stages
+    def _vision(self, pixels, patch_features, cls_features) -> tuple[Tensor, Optional[Tensor]]:
+        if patch_features is not None:
+            n, d = self.encoder.num_patches, self.encoder.width
+            if patch_features.shape[1:] != (n, d):
+                raise ValueError(f"patch_features has shape {tuple(patch_features.shape)}; "
+                                 f"expected [B, {n}, {d}] for encoder {self.encoder.name!r}")
+            return patch_features, cls_features
+        if pixels is None:
+            raise ValueError("forward needs pixel_values [B, 3, S, S] or patch_features [B, N, D]")
+        out = self.encoder(pixels)
+        return out.flat(), out.cls  # [B, N, D], [B, D] | None
+
+    def _allocate(self, patches, cls, pixels, question_ids, question_mask, budget):
+        b = patches.shape[0]
+        if question_ids is None:
+            question_ids = torch.zeros(b, 0, dtype=torch.long, device=patches.device)
+            question_mask = torch.zeros(b, 0, dtype=torch.bool, device=patches.device)
+        elif question_mask is None:
+            question_mask = torch.ones_like(question_ids, dtype=torch.bool)
+        # Scorers adapt to the LLM's embedding space; they do not reshape it.
+        question = self.llm.embed(question_ids).detach().float()  # [B, Tq, E]
+        qmask = question_mask.bool()
+        inputs = ScorerInputs(patches=patches.float(), grid=self.encoder.grid, question=question,
+                              question_mask=qmask, cls=None if cls is None else cls.float(), pixels=pixels)
+        maps = torch.stack([scorer(inputs) for scorer in self.scorers], dim=1)  # [B, S, N]
+        context = torch.cat([masked_mean(question, qmask), patches.float().mean(1)], dim=-1)  # [B, E + D]
+        relevance, weights = self.balancer(maps, context)  # [B, N], [B, S]
+        sel = self.allocator(relevance, context, budget=budget)
+        return maps, weights, relevance, sel
+
+    def _keep_all(self, b: int, n: int, device) -> Selection:
+        keep = torch.ones(b, n, dtype=torch.bool, device=device)
+        k = torch.full((b,), n, dtype=torch.long, device=device)
+        return Selection(budget=k, budget_soft=k.float(), keep_mask=keep, gate=keep.float(),
+                         budget_loss=torch.zeros((), device=device))
+
+    def _visual_tokens(self, patches, sel: Selection, relevance, full: bool):
+        """Kept patches (raster order, with 2-D positions, gated) + summary tokens, projected.
+
+        -> visual [B, K_max + R, E], visual_mask [B, K_max + R], summary_valid [B, R]."""
+        b, n, _ = patches.shape
+        features = patches + self.positions().to(patches.dtype)  # [B, N, D]
+        # Kept indices first, each group in raster order (stable sort of the boolean mask).
+        order = sel.keep_mask.to(torch.uint8).sort(dim=-1, descending=True, stable=True).indices  # [B, N]
+        k_max = int(sel.budget.max())
+        idx = order[:, :k_max]  # [B, K]
+        kept = features.gather(1, idx.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # [B, K, D]
+        gate = sel.gate.gather(1, idx)  # [B, K]
+        tokens = self.projector(kept) * gate.unsqueeze(-1).to(kept.dtype)  # [B, K, E]
+        mask = torch.arange(k_max, device=patches.device)[None] < sel.budget[:, None]  # [B, K]
+
+        if self.summary is None or full:
+            return tokens, mask, torch.zeros(b, 0, dtype=torch.bool, device=patches.device)
+        summ, valid = self.summary(features, relevance, sel.keep_mask)  # [B, R, D], [B, R]
+        summ = self.projector(summ)  # [B, R, E]
+        return torch.cat([tokens, summ], 1), torch.cat([mask, valid], 1), valid
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out

@@ -1,0 +1,37 @@
+"""Batching: pad variable-length prompts and questions, stack images (or cached features)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from arrcoc.packing import IGNORE_INDEX
+
+
+def collate_vqa(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Samples from :class:`~arrcoc.data.prompt.VQAPromptBuilder` (+ ``pixel_values`` [3, S, S] or
+    ``patch_features`` [N, D]) -> a batch for ``ARRCOCModel.forward`` (right-padded)."""
+    ids = [s["input_ids"] for s in samples]
+    batch: dict[str, Any] = {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id),  # [B, T]
+        "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True),  # [B, T]
+        "labels": pad_sequence([s["labels"] for s in samples], batch_first=True,
+                               padding_value=IGNORE_INDEX),  # [B, T]
+    }
+    q = [s["question_ids"] for s in samples]
+    if max(len(x) for x in q) == 0:
+        batch["question_ids"] = torch.zeros(len(q), 0, dtype=torch.long)
+        batch["question_mask"] = torch.zeros(len(q), 0, dtype=torch.bool)
+    else:
+        batch["question_ids"] = pad_sequence(q, batch_first=True, padding_value=pad_token_id)  # [B, Tq]
+        batch["question_mask"] = pad_sequence([torch.ones_like(x, dtype=torch.bool) for x in q],
+                                              batch_first=True)  # [B, Tq]
+    for key in ("pixel_values", "patch_features", "cls_features"):
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
+    for key in ("question", "answers", "question_id"):
+        if key in samples[0]:
+            batch[key] = [s[key] for s in samples]
+    return batch
