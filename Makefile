@@ -17,6 +17,7 @@ demo: install
 	$(VENV)/bin/arrcoc demo
 
 test: install
+	$(VENV)/bin/ruff check arrcoc data callbacks tests
 	$(PY) -m pytest
 
 lint: install

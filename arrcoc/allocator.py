@@ -18,7 +18,6 @@ At inference the selection is hard and deterministic: no noise, stable ordering 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -100,21 +99,21 @@ class TokenAllocator(nn.Module):
     def target_tokens(self) -> float:
         return float(self.target)
 
-    def set_budget(self, min_tokens: Optional[int] = None, max_tokens: Optional[int] = None,
-                   target_tokens: Optional[float] = None) -> None:
+    def set_budget(self, min_tokens: int | None = None, max_tokens: int | None = None,
+                   target_tokens: float | None = None) -> None:
         """Validate and set the budget bounds and target (any subset)."""
         lo = self.min_tokens if min_tokens is None else int(min_tokens)
         hi = self.max_tokens if max_tokens is None else int(max_tokens)
         tgt = self.target_tokens if target_tokens is None else float(target_tokens)
         n = self.num_patches
         if lo < 1:
-            raise ValueError(f"allocator.min_tokens={lo} must be >= 1")
+            raise ValueError(f"min_tokens={lo} must be >= 1")
         if hi > n:
-            raise ValueError(f"allocator.max_tokens={hi} exceeds the encoder's {n} patches; valid: {lo}..{n}")
+            raise ValueError(f"max_tokens={hi} exceeds the encoder's {n} patches; valid: {lo}..{n}")
         if lo > hi:
-            raise ValueError(f"allocator.min_tokens={lo} > max_tokens={hi}; need 1 <= min <= max <= {n}")
+            raise ValueError(f"min_tokens={lo} > max_tokens={hi}; need 1 <= min <= max <= {n}")
         if not lo <= tgt <= hi:
-            raise ValueError(f"allocator.target_tokens={tgt} is outside [min_tokens, max_tokens] = [{lo}, {hi}]")
+            raise ValueError(f"target_tokens={tgt} is outside [min_tokens, max_tokens] = [{lo}, {hi}]")
         self.bounds.copy_(torch.tensor([lo, hi]))
         self.target.fill_(tgt)
 
@@ -126,7 +125,7 @@ class TokenAllocator(nn.Module):
             self.head[-1].bias.fill_(float(torch.logit(torch.tensor(frac))))
 
     def forward(self, relevance: Tensor, context: Tensor,
-                budget: Optional[Union[int, Tensor]] = None) -> Selection:
+                budget: int | Tensor | None = None) -> Selection:
         """relevance [B, N] (standardised), context [B, C] -> :class:`Selection`.
 
         ``budget`` (an int or [B] tensor) overrides the budget head: equal-token baselines and

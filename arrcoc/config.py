@@ -7,7 +7,7 @@ The same jsonargparse machinery the training CLI uses: built-in scorers by name,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from jsonargparse import ArgumentParser
@@ -21,7 +21,7 @@ def model_parser() -> ArgumentParser:
     return parser
 
 
-def build_model(config: Union[str, Path, dict[str, Any]]) -> ARRCOCModel:
+def build_model(config: str | Path | dict[str, Any]) -> ARRCOCModel:
     """``config``: a YAML file path or a dict, either with a top-level ``model:`` section."""
     if isinstance(config, (str, Path)):
         config = yaml.safe_load(Path(config).read_text()) or {}

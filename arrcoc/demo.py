@@ -91,5 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"step-time ratio full/adaptive: {t_full / t_adapt:.2f}x   (tiny preset, this CPU)")
     print(f"lm_loss: {first:.3f} -> {last:.3f} over {args.steps} steps")
     weights = alloc.weights.mean(0)
-    print("mean balancer weights: " + ", ".join(f"{k} {float(w):.2f}" for k, w in zip(alloc.scorer_names, weights)))
+    pairs = zip(alloc.scorer_names, weights.tolist(), strict=True)
+    print("mean balancer weights: " + ", ".join(f"{k} {w:.2f}" for k, w in pairs))
     return 0

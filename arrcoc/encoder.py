@@ -8,9 +8,9 @@ model config, so the offline default runs through exactly the same code path as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import open_clip
 import torch
@@ -34,7 +34,7 @@ class EncoderOutput:
     """Patch tokens as a grid, and the class token where the model has one."""
 
     patches: Tensor  # [B, H', W', D]
-    cls: Optional[Tensor]  # [B, D] or None
+    cls: Tensor | None  # [B, D] or None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -62,7 +62,7 @@ class VisionEncoder(nn.Module):
     def __init__(
         self,
         name: str = TINY_ENCODER,
-        pretrained: Optional[str] = None,
+        pretrained: str | None = None,
         layer: int = -2,
         frozen: bool = True,
     ) -> None:
@@ -102,12 +102,12 @@ class VisionEncoder(nn.Module):
     def frozen(self) -> bool:
         return not any(p.requires_grad for p in self.parameters())
 
-    def freeze(self) -> "VisionEncoder":
+    def freeze(self) -> VisionEncoder:
         self.requires_grad_(False)
         self.visual.eval()
         return self
 
-    def train(self, mode: bool = True) -> "VisionEncoder":
+    def train(self, mode: bool = True) -> VisionEncoder:
         # A frozen tower keeps eval behaviour (dropout, drop-path off) inside a training model.
         super().train(mode and not self.frozen)
         return self

@@ -8,8 +8,6 @@ and the locally built tokenizer, so nothing is downloaded.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
@@ -56,10 +54,10 @@ class LanguageModel(nn.Module):
     def __init__(
         self,
         name: str = TINY_LM,
-        dtype: Optional[str] = None,
+        dtype: str | None = None,
         trust_remote_code: bool = False,
-        attn_implementation: Optional[str] = None,
-        revision: Optional[str] = None,
+        attn_implementation: str | None = None,
+        revision: str | None = None,
     ) -> None:
         super().__init__()
         if dtype is not None and dtype not in _DTYPES:

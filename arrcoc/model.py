@@ -8,8 +8,8 @@ order, the same model used for alignment (phase 1) and as the baseline of every 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from arrcoc.language_model import TINY_LM, LanguageModel
 from arrcoc.packing import IGNORE_INDEX, PackedInputs, pack_multimodal
 from arrcoc.positions import GridPositionEmbedding
 from arrcoc.projector import ProjectorSpec, build_projector
-from arrcoc.scorers import SCORERS, RelevanceScorer, ScorerInputs, ScorerSpec, build_scorer, masked_mean
+from arrcoc.scorers import SCORERS, ScorerInputs, ScorerSpec, build_scorer, masked_mean
 
 DEFAULT_SCORERS = ("propositional", "perspectival", "participatory")
 
@@ -53,9 +53,9 @@ class Allocation:
     summary_valid: Tensor  # [B, R] bool (R = 0 without summaries)
     grid: tuple[int, int]
     scorer_names: list[str]
-    scorer_maps: Optional[Tensor] = None  # [B, S, N], None in full-token mode
-    weights: Optional[Tensor] = None  # [B, S]
-    relevance: Optional[Tensor] = None  # [B, N]
+    scorer_maps: Tensor | None = None  # [B, S, N], None in full-token mode
+    weights: Tensor | None = None  # [B, S]
+    relevance: Tensor | None = None  # [B, N]
 
     @property
     def visual_tokens(self) -> Tensor:
@@ -80,12 +80,12 @@ class Allocation:
 
 @dataclass
 class ARRCOCOutput:
-    loss: Optional[Tensor]  # [] lm_loss + budget_loss_weight * budget_loss (None without labels)
-    lm_loss: Optional[Tensor]  # [] mean cross-entropy over answer tokens
+    loss: Tensor | None  # [] lm_loss + budget_loss_weight * budget_loss (None without labels)
+    lm_loss: Tensor | None  # [] mean cross-entropy over answer tokens
     budget_loss: Tensor  # [] batch-mean budget constraint (0 in full-token mode)
-    logits: Optional[Tensor]  # [B, L, V] over the packed sequence, if requested
-    answer_logits: Optional[Tensor]  # [M, V] logits that predict the M answer tokens
-    answer_targets: Optional[Tensor]  # [M] the answer tokens they predict
+    logits: Tensor | None  # [B, L, V] over the packed sequence, if requested
+    answer_logits: Tensor | None  # [M, V] logits that predict the M answer tokens
+    answer_targets: Tensor | None  # [M] the answer tokens they predict
     packed: PackedInputs
     allocation: Allocation
 
@@ -111,8 +111,8 @@ class ARRCOCModel(nn.Module):
 
     def __init__(
         self,
-        encoder: Union[str, VisionEncoder] = TINY_ENCODER,
-        llm: Union[str, LanguageModel] = TINY_LM,
+        encoder: str | VisionEncoder = TINY_ENCODER,
+        llm: str | LanguageModel = TINY_LM,
         scorers: Sequence[ScorerSpec] = DEFAULT_SCORERS,
         min_tokens: int = 64,
         max_tokens: int = 400,
@@ -130,6 +130,10 @@ class ARRCOCModel(nn.Module):
             raise ValueError(f"min_tokens={min_tokens} must be >= 1")
         if min_tokens > max_tokens:
             raise ValueError(f"min_tokens={min_tokens} > max_tokens={max_tokens}; need min_tokens <= max_tokens")
+        if gate_temperature <= 0:
+            raise ValueError(f"gate_temperature={gate_temperature} must be > 0")
+        if selection_noise < 0:
+            raise ValueError(f"selection_noise={selection_noise} must be >= 0")
         if summary_grid < 0:
             raise ValueError(f"summary_grid={summary_grid} must be >= 0 (0 disables summary tokens)")
         if len(scorers) == 0:
@@ -149,7 +153,7 @@ class ARRCOCModel(nn.Module):
 
         built = [build_scorer(s, d, e) for s in scorers]
         self.scorer_names = _unique_names([s if isinstance(s, str) else type(m).__name__
-                                           for s, m in zip(scorers, built)])
+                                           for s, m in zip(scorers, built, strict=True)])
         self.scorers = nn.ModuleList(built)
         context_dim = e + d  # question gist + image gist
         self.balancer = OpponentBalancer(len(built), context_dim)
@@ -185,14 +189,14 @@ class ARRCOCModel(nn.Module):
         self,
         input_ids: Tensor,
         attention_mask: Tensor,
-        pixel_values: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-        question_ids: Optional[Tensor] = None,
-        question_mask: Optional[Tensor] = None,
-        patch_features: Optional[Tensor] = None,
-        cls_features: Optional[Tensor] = None,
-        budget: Optional[Union[int, Tensor]] = None,
-        full_tokens: Optional[bool] = None,
+        pixel_values: Tensor | None = None,
+        labels: Tensor | None = None,
+        question_ids: Tensor | None = None,
+        question_mask: Tensor | None = None,
+        patch_features: Tensor | None = None,
+        cls_features: Tensor | None = None,
+        budget: int | Tensor | None = None,
+        full_tokens: bool | None = None,
         return_logits: bool = True,
     ) -> ARRCOCOutput:
         """Run the whole model on a batch.
@@ -249,7 +253,7 @@ class ARRCOCModel(nn.Module):
                             allocation=allocation)
 
     # ------------------------------------------------------------------ stages
-    def _vision(self, pixels, patch_features, cls_features) -> tuple[Tensor, Optional[Tensor]]:
+    def _vision(self, pixels, patch_features, cls_features) -> tuple[Tensor, Tensor | None]:
         if patch_features is not None:
             n, d = self.encoder.num_patches, self.encoder.width
             if patch_features.shape[1:] != (n, d):

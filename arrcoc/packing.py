@@ -9,7 +9,6 @@ ids that count real tokens only, and labels that are -100 everywhere but on answ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -22,7 +21,7 @@ class PackedInputs:
     embeds: Tensor  # [B, L, E]
     attention_mask: Tensor  # [B, L] long, 1 on real tokens
     position_ids: Tensor  # [B, L] long
-    labels: Optional[Tensor]  # [B, L] long, IGNORE_INDEX outside answer tokens
+    labels: Tensor | None  # [B, L] long, IGNORE_INDEX outside answer tokens
     visual_mask: Tensor  # [B, L] bool, True on visual tokens
 
 
@@ -33,7 +32,7 @@ def pack_multimodal(
     visual: Tensor,
     visual_mask: Tensor,
     image_token_id: int,
-    labels: Optional[Tensor] = None,
+    labels: Tensor | None = None,
     padding_side: str = "right",
 ) -> PackedInputs:
     """text_embeds [B, T, E], input_ids/attention_mask/labels [B, T], visual [B, V, E],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,14 +26,16 @@ PROJECTORS: dict[str, Callable[[int, int], nn.Module]] = {
     "linear": lambda i, o: MLPProjector(i, o, depth=1),
 }
 
-ProjectorSpec = Union[str, Callable[[int, int], nn.Module]]
+ProjectorSpec = str | Callable[[int, int], nn.Module]
 
 
-def build_projector(spec: Union[ProjectorSpec, nn.Module], in_dim: int, out_dim: int) -> nn.Module:
+def build_projector(spec: ProjectorSpec | nn.Module, in_dim: int, out_dim: int) -> nn.Module:
     """Resolve a projector name, factory or module, and check it maps [.., in_dim] -> [.., out_dim]."""
     if isinstance(spec, str):
         if spec not in PROJECTORS:
-            raise ValueError(f"projector={spec!r} is unknown; valid: {sorted(PROJECTORS)} or a factory (in_dim, out_dim)")
+            raise ValueError(
+                f"projector={spec!r} is unknown; valid: {sorted(PROJECTORS)} or a factory (in_dim, out_dim)"
+            )
         module = PROJECTORS[spec](in_dim, out_dim)
     elif isinstance(spec, nn.Module):
         module = spec

@@ -3,8 +3,6 @@ the answer after it, and labels on the answer tokens only."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -31,7 +29,7 @@ class VQAPromptBuilder:
     def _user_text(self, question: str) -> str:
         return f"{IMAGE_TOKEN}\n{question}\n{self.instruction}"
 
-    def texts(self, question: str, answer: Optional[str]) -> tuple[str, str]:
+    def texts(self, question: str, answer: str | None) -> tuple[str, str]:
         """-> (prompt text, answer text); the answer text is empty when ``answer`` is None."""
         tok = self.tokenizer
         if self.use_chat:
@@ -46,7 +44,7 @@ class VQAPromptBuilder:
         prompt = f"{self._user_text(question)}\nAnswer:"
         return prompt, "" if answer is None else f" {answer}{tok.eos_token or ''}"
 
-    def __call__(self, question: str, answer: Optional[str] = None) -> dict[str, torch.Tensor]:
+    def __call__(self, question: str, answer: str | None = None) -> dict[str, torch.Tensor]:
         """-> input_ids [T], labels [T] (answer tokens only), question_ids [Tq]."""
         prompt, answer_text = self.texts(question, answer)
         enc = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731

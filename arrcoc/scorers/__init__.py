@@ -6,7 +6,7 @@ Subclass :class:`RelevanceScorer` for your own; reference it from YAML by ``clas
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 from arrcoc.scorers.base import RelevanceScorer, ScorerInputs, masked_mean, standardize
 from arrcoc.scorers.participatory import ParticipatoryScorer
@@ -23,10 +23,10 @@ SCORERS: dict[str, type[RelevanceScorer]] = {
 #: What a config may give for a scorer: a registry name, or a callable (a class, or what
 #: jsonargparse builds from ``class_path``/``init_args``) taking ``(vision_dim, text_dim)``.
 ScorerFactory = Callable[[int, int], RelevanceScorer]
-ScorerSpec = Union[str, ScorerFactory]
+ScorerSpec = str | ScorerFactory
 
 
-def build_scorer(spec: Union[ScorerSpec, RelevanceScorer], vision_dim: int, text_dim: int) -> RelevanceScorer:
+def build_scorer(spec: ScorerSpec | RelevanceScorer, vision_dim: int, text_dim: int) -> RelevanceScorer:
     """Resolve one scorer spec to a module."""
     if isinstance(spec, RelevanceScorer):
         return spec

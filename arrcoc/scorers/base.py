@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 
@@ -18,8 +16,8 @@ class ScorerInputs:
     grid: tuple[int, int]  # (H', W') with H' * W' == N
     question: Tensor  # [B, T, E] question token embeddings (the LLM's input embeddings)
     question_mask: Tensor  # [B, T] bool, True on real question tokens (may be all False)
-    cls: Optional[Tensor] = None  # [B, D] class token, where the encoder has one
-    pixels: Optional[Tensor] = None  # [B, 3, S, S] preprocessed pixels, where available
+    cls: Tensor | None = None  # [B, D] class token, where the encoder has one
+    pixels: Tensor | None = None  # [B, 3, S, S] preprocessed pixels, where available
 
 
 def standardize(scores: Tensor, eps: float = 1e-5) -> Tensor:
