@@ -2,27 +2,33 @@
 
 Data flows one way: shards -> datamodule -> encoder -> scorers -> balancer -> allocator ->
 projector -> LLM -> loss and metrics.
+
+Public classes are imported lazily (``from arrcoc import ARRCOCModel`` works as usual), so the
+``arrcoc`` command answers ``--help`` without loading torch.
 """
 
-from arrcoc.allocator import Selection, TokenAllocator
-from arrcoc.balancer import OpponentBalancer
-from arrcoc.compression import DroppedTokenSummary
-from arrcoc.encoder import EncoderOutput, VisionEncoder
-from arrcoc.language_model import LanguageModel
-from arrcoc.model import Allocation, AllocationRecord, ARRCOCModel, ARRCOCOutput
-from arrcoc.projector import MLPProjector
-from arrcoc.scorers import (
-    ParticipatoryScorer,
-    PerspectivalScorer,
-    PropositionalScorer,
-    RelevanceScorer,
-    ScorerInputs,
-)
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARRCOCModel", "ARRCOCOutput", "Allocation", "AllocationRecord", "DroppedTokenSummary", "EncoderOutput",
-    "LanguageModel", "MLPProjector", "OpponentBalancer", "ParticipatoryScorer", "PerspectivalScorer",
-    "PropositionalScorer", "RelevanceScorer", "ScorerInputs", "Selection", "TokenAllocator", "VisionEncoder",
-]
+_EXPORTS = {
+    "ARRCOCModel": "arrcoc.model", "ARRCOCOutput": "arrcoc.model", "Allocation": "arrcoc.model",
+    "AllocationRecord": "arrcoc.model", "DroppedTokenSummary": "arrcoc.compression",
+    "EncoderOutput": "arrcoc.encoder", "VisionEncoder": "arrcoc.encoder", "LanguageModel": "arrcoc.language_model",
+    "MLPProjector": "arrcoc.projector", "OpponentBalancer": "arrcoc.balancer", "Selection": "arrcoc.allocator",
+    "TokenAllocator": "arrcoc.allocator", "RelevanceScorer": "arrcoc.scorers", "ScorerInputs": "arrcoc.scorers",
+    "PropositionalScorer": "arrcoc.scorers", "PerspectivalScorer": "arrcoc.scorers",
+    "ParticipatoryScorer": "arrcoc.scorers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'arrcoc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -17,3 +17,29 @@ def test_console_script_help():
     assert out.returncode == 0 and "demo" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "arrcoc.cli", "fly"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'fly'" in bad.stderr
+
+
+def test_wheel_contents(tmp_path):
+    """A regular (non-editable) install ships every subpackage and the presets, and nothing top-level
+    but arrcoc."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
+                    "-w", str(tmp_path)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("arrcoc-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for required in ("arrcoc/model.py", "arrcoc/scorers/base.py", "arrcoc/data/prompt.py",
+                     "arrcoc/callbacks/__init__.py", "arrcoc/presets/arrcoc-tiny-vit.json"):
+        assert required in names, required
+    import arrcoc
+
+    assert {n.split("/")[0] for n in names} == {"arrcoc", f"arrcoc-{arrcoc.__version__}.dist-info"}
+
+
+def test_lazy_public_names_resolve():
+    import arrcoc
+
+    for name in arrcoc.__all__:
+        assert getattr(arrcoc, name).__name__ == name

@@ -1,0 +1,1 @@
+"""Embedded presets: open_clip model configs for the tiny encoder (registered on import of arrcoc.encoder)."""
