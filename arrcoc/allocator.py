@@ -136,7 +136,10 @@ class TokenAllocator(nn.Module):
         relevance = relevance.float()
         if budget is None:
             feats = torch.cat([context.float(), sorted_profile(relevance, self.profile_points)], dim=-1)
-            frac = torch.sigmoid(self.head(feats).squeeze(-1))  # [B]
+            # No autocast here: in bf16 a budget near 300 could only move in steps of 2 tokens.
+            with torch.autocast(relevance.device.type, enabled=False):
+                logit = self.head(feats.to(self.head[1].weight.dtype)).float().squeeze(-1)  # [B]
+            frac = torch.sigmoid(logit)  # [B]
             k_soft = lo + frac * (hi - lo)  # [B]
             k = k_soft.detach().round().long().clamp(lo, hi)  # [B]
         else:
@@ -162,7 +165,10 @@ class TokenAllocator(nn.Module):
         order = rank_by.sort(dim=-1, descending=True, stable=True).indices  # [B, N]
         ranks = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
         keep = ranks < k[:, None]  # [B, N]
-        gate = keep.float() * (1.0 + soft - soft.detach())  # [B, N]
+        gate = keep.float() * (soft - soft.detach() + 1.0)  # [B, N], exactly 1 on kept patches
 
-        budget_loss = ((k_soft.mean() - self.target) / n) ** 2
+        if budget is None:
+            budget_loss = ((k_soft.mean() - self.target.float()) / n) ** 2
+        else:  # a fixed budget is not the head's doing: nothing to constrain
+            budget_loss = relevance.new_zeros(())
         return Selection(budget=k, budget_soft=k_soft, keep_mask=keep, gate=gate, budget_loss=budget_loss)

@@ -32,6 +32,7 @@ class OpponentBalancer(nn.Module):
 
     def forward(self, maps: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """maps [B, S, N] (standardised), context [B, C] -> relevance [B, N], weights [B, S]."""
+        context = context.to(self.net[1].weight.dtype)
         weights = torch.softmax(self.net(context).float() / self.temperature, dim=-1)  # [B, S]
         relevance = (weights.unsqueeze(-1) * maps).sum(1)  # [B, N]
         return relevance, weights

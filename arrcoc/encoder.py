@@ -150,5 +150,6 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> EncoderOutput:
         """[B, 3, S, S] preprocessed pixels -> patch grid [B, H', W', D] (+ class token [B, D])."""
+        dtype = next(self.blocks().parameters()).dtype
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self._forward_tokens(pixels)
+            return self._forward_tokens(pixels.to(dtype))

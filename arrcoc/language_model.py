@@ -20,7 +20,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> nn.Module:
+def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, attn_implementation: str | None) -> nn.Module:
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -34,8 +34,7 @@ def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> nn.Modul
         bos_token_id=bos_id,
         eos_token_id=eos_id,
     )
-    config._attn_implementation = "sdpa"
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or "sdpa")
 
 
 class LanguageModel(nn.Module):
@@ -44,8 +43,8 @@ class LanguageModel(nn.Module):
     Args:
         name: ``arrcoc-tiny-lm`` or any transformers causal LM name or local path
             (e.g. ``Qwen/Qwen2.5-1.5B-Instruct``).
-        dtype: weight dtype for pretrained models (``bfloat16``, ``float16``, ``float32``);
-            ``None`` keeps the checkpoint's.
+        dtype: weight dtype (``bfloat16``, ``float16``, ``float32``); ``None`` keeps the
+            checkpoint's (float32 for the tiny preset).
         trust_remote_code: passed to transformers; off unless a config turns it on.
         attn_implementation: e.g. ``sdpa``, ``flash_attention_2``; ``None`` lets transformers choose.
         revision: a model revision (branch, tag or commit) for hub names.
@@ -66,7 +65,9 @@ class LanguageModel(nn.Module):
         if name == TINY_LM:
             tokenizer = build_tiny_tokenizer()
             model = _tiny_lm(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id)
+                             tokenizer.eos_token_id, attn_implementation)
+            if dtype is not None:
+                model.to(_DTYPES[dtype])
         else:
             kwargs = dict(trust_remote_code=trust_remote_code, revision=revision)
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)

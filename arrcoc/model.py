@@ -294,7 +294,8 @@ class ARRCOCModel(nn.Module):
 
         -> visual [B, K_max + R, E], visual_mask [B, K_max + R], summary_valid [B, R]."""
         b, n, _ = patches.shape
-        features = patches + self.positions().to(patches.dtype)  # [B, N, D]
+        dtype = self.positions.row.dtype
+        features = patches.to(dtype) + self.positions()  # [B, N, D]
         # Kept indices first, each group in raster order (stable sort of the boolean mask).
         order = sel.keep_mask.to(torch.uint8).sort(dim=-1, descending=True, stable=True).indices  # [B, N]
         k_max = int(sel.budget.max())
@@ -307,6 +308,7 @@ class ARRCOCModel(nn.Module):
         if self.summary is None or full:
             return tokens, mask, torch.zeros(b, 0, dtype=torch.bool, device=patches.device)
         summ, valid = self.summary(features, relevance, sel.keep_mask)  # [B, R, D], [B, R]
+        summ = summ.to(dtype)
         summ = self.projector(summ)  # [B, R, E]
         return torch.cat([tokens, summ], 1), torch.cat([mask, valid], 1), valid
 

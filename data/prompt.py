@@ -46,6 +46,8 @@ class VQAPromptBuilder:
 
     def __call__(self, question: str, answer: str | None = None) -> dict[str, torch.Tensor]:
         """-> input_ids [T], labels [T] (answer tokens only), question_ids [Tq]."""
+        # LLaVA-style data may carry its own placeholder: the builder places exactly one.
+        question = question.replace(IMAGE_TOKEN, "").strip()
         prompt, answer_text = self.texts(question, answer)
         enc = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
         prompt_ids, answer_ids = enc(prompt), enc(answer_text) if answer_text else []

@@ -4,6 +4,7 @@ import open_clip
 import pytest
 import torch
 
+from arrcoc.allocator import TokenAllocator
 from arrcoc.data import collate_vqa
 from arrcoc.model import ARRCOCModel
 from arrcoc.packing import IGNORE_INDEX
@@ -219,3 +220,17 @@ def test_precomputed_features_match_pixels(shared_tiny_model):
     assert torch.allclose(from_pixels.logits, from_cache.logits, atol=1e-5)
     with pytest.raises(ValueError, match=r"expected \[B, 576, 64\]"):
         model(**cached, patch_features=torch.zeros(2, 100, 64))
+
+
+def test_fixed_budget_adds_no_budget_loss(tiny_model):
+    out = tiny_model(**make_batch(tiny_model, n=2), budget=576)
+    assert float(out.budget_loss) == 0.0 and torch.equal(out.loss, out.lm_loss)
+
+
+def test_gate_is_exactly_one_on_kept_tokens():
+    torch.manual_seed(0)
+    alloc = TokenAllocator(576, 32).train()
+    sel = alloc(torch.randn(3, 576, requires_grad=True), torch.randn(3, 32))
+    assert torch.equal(sel.gate[sel.keep_mask], torch.ones(int(sel.keep_mask.sum())))
+    assert torch.equal(sel.gate[~sel.keep_mask], torch.zeros(int((~sel.keep_mask).sum())))
+    assert sel.gate.requires_grad

@@ -48,3 +48,11 @@ def test_collate_pads_and_masks():
     assert lengths.tolist() == [len(s["input_ids"]) for s in samples]
     short = int(lengths.argmin())
     assert (batch["labels"][short, lengths[short]:] == IGNORE_INDEX).all()
+
+
+def test_placeholder_in_question_text_is_not_duplicated():
+    tok = build_tiny_tokenizer()
+    s = VQAPromptBuilder(tok)("<image>\nWhat shape is red?", "circle")
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert int((s["input_ids"] == image_id).sum()) == 1
+    assert tok.decode(s["question_ids"]) == "What shape is red?"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor, nn
 
 
@@ -19,6 +20,12 @@ class ScorerInputs:
     cls: Tensor | None = None  # [B, D] class token, where the encoder has one
     pixels: Tensor | None = None  # [B, 3, S, S] preprocessed pixels, where available
 
+    def to(self, dtype: torch.dtype) -> ScorerInputs:
+        """The same inputs with every floating tensor cast to ``dtype`` (masks untouched)."""
+        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        return replace(self, patches=cast(self.patches), question=cast(self.question), cls=cast(self.cls),
+                       pixels=cast(self.pixels))
+
 
 def standardize(scores: Tensor, eps: float = 1e-5) -> Tensor:
     """Per-sample z-score over patches: [B, N] -> [B, N] with mean 0 and std 1 in every row.
@@ -29,7 +36,10 @@ def standardize(scores: Tensor, eps: float = 1e-5) -> Tensor:
     scores = scores.float()
     mean = scores.mean(dim=-1, keepdim=True)
     std = scores.std(dim=-1, keepdim=True, unbiased=False)
-    return (scores - mean) / (std + eps)
+    # Relative threshold: rounding noise on a flat map must not be blown up to unit variance.
+    flat = std <= eps * mean.abs().clamp_min(1.0)
+    safe_std = torch.where(flat, torch.ones_like(std), std)  # no inf/nan, not even in the unused branch
+    return torch.where(flat, torch.zeros_like(scores), (scores - mean) / safe_std)
 
 
 class RelevanceScorer(nn.Module, ABC):
@@ -56,6 +66,9 @@ class RelevanceScorer(nn.Module, ABC):
         """Raw relevance [B, N] for the patches in ``inputs``."""
 
     def forward(self, inputs: ScorerInputs) -> Tensor:
+        param = next(self.parameters(), None)
+        if param is not None and param.is_floating_point() and inputs.patches.dtype != param.dtype:
+            inputs = inputs.to(param.dtype)
         raw = self.score(inputs)
         expected = inputs.patches.shape[:2]
         if raw.shape != expected:

@@ -28,7 +28,7 @@ class ParticipatoryScorer(RelevanceScorer):
         self.scale = 1.0 / math.sqrt(rank)
 
     def score(self, inputs: ScorerInputs) -> Tensor:
-        q = self.query(self.text_norm(inputs.question.float()))  # [B, T, r]
+        q = self.query(self.text_norm(inputs.question))  # [B, T, r]
         k = self.key(self.vision_norm(inputs.patches))  # [B, N, r]
         attn = torch.softmax((q @ k.transpose(1, 2)) * self.scale, dim=-1)  # [B, T, N]
         m = inputs.question_mask.to(attn.dtype).unsqueeze(-1)  # [B, T, 1]
