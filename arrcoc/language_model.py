@@ -105,5 +105,13 @@ class LanguageModel(nn.Module):
         return out.last_hidden_state
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """Hidden states [..., E] -> vocabulary logits [..., V]."""
-        return self.model.get_output_embeddings()(hidden)
+        """Hidden states [..., E] -> vocabulary logits [..., V], with the model's own final-logit
+        transforms (Cohere's ``logit_scale``, Gemma-2's ``final_logit_softcapping``)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        scale = getattr(self.model, "logit_scale", None)
+        if isinstance(scale, (int, float)):
+            logits = logits * scale
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
