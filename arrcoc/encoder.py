@@ -29,6 +29,25 @@ def register_presets() -> None:
 register_presets()
 
 
+def build_transform(name: str = TINY_ENCODER, pretrained: str | None = None) -> Callable:
+    """The encoder's own evaluation preprocessing (resize, centre crop, RGB, normalise), built from
+    open_clip's configs without building the model: what data workers use.
+
+    Equal to ``VisionEncoder(name, pretrained).transform``.
+    """
+    from open_clip.pretrained import get_pretrained_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ValueError(f"encoder={name!r} is not an open_clip model; see open_clip.list_models()")
+    cfg = merge_preprocess_dict(PreprocessCfg(), model_cfg.get("preprocess_cfg", {}))
+    if pretrained:
+        cfg = merge_preprocess_dict(cfg, get_pretrained_cfg(name, pretrained))
+    cfg["size"] = model_cfg["vision_cfg"]["image_size"]
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
 @dataclass
 class EncoderOutput:
     """Patch tokens as a grid, and the class token where the model has one."""

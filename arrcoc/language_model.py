@@ -37,6 +37,23 @@ def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, attn_implem
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or "sdpa")
 
 
+def build_tokenizer(name: str = TINY_LM, trust_remote_code: bool = False,
+                    revision: str | None = None) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer with a pad token and the ``<image>`` placeholder, without loading weights:
+    what data workers use. Equal to ``LanguageModel(name).tokenizer``."""
+    if name == TINY_LM:
+        tokenizer = build_tiny_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        # Never embedded: the placeholder is replaced by visual tokens before the LLM runs,
+        # so the embedding matrix does not grow.
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    return tokenizer
+
+
 class LanguageModel(nn.Module):
     """A causal LM and its tokenizer, with an ``<image>`` placeholder token.
 
@@ -62,24 +79,16 @@ class LanguageModel(nn.Module):
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"llm.dtype={dtype!r} is not supported; valid: {sorted(_DTYPES)} or null")
         self.name = name
+        tokenizer = build_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
         if name == TINY_LM:
-            tokenizer = build_tiny_tokenizer()
             model = _tiny_lm(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                              tokenizer.eos_token_id, attn_implementation)
             if dtype is not None:
                 model.to(_DTYPES[dtype])
         else:
-            kwargs = dict(trust_remote_code=trust_remote_code, revision=revision)
-            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                name, dtype=_DTYPES[dtype] if dtype else "auto",
-                attn_implementation=attn_implementation, **kwargs)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if IMAGE_TOKEN not in tokenizer.get_vocab():
-            # Never embedded: the placeholder is replaced by visual tokens before the LLM runs,
-            # so the embedding matrix does not grow.
-            tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+                name, dtype=_DTYPES[dtype] if dtype else "auto", attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code, revision=revision)
         self.model: nn.Module = model
         self.tokenizer: PreTrainedTokenizerBase = tokenizer
         self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)

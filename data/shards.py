@@ -1,0 +1,267 @@
+"""The shard format: writing, reading and validating WebDataset tar shards of VQA samples.
+
+One sample is ``{key}.jpg|jpeg|png|webp`` (the image) or ``{key}.npy`` (a precomputed feature
+tensor, loaded without pickle) plus ``{key}.json`` with ``question`` (str), ``answers`` (list of
+str), ``question_id`` and optionally ``image_id`` and ``answer_type``. Shards are
+``{prefix}-{000000..N}.tar``; each dataset directory has ``manifest.json`` with the sample count of
+every shard. See ``data/README.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("arrcoc.data")
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+FEATURE_EXT = "npy"
+MANIFEST = "manifest.json"
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``reason`` is a short, countable category."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------- schema
+def validate_meta(meta: Any) -> dict[str, Any]:
+    """Check a sample's json against the format; returns the normalised dict or raises BadSample."""
+    if not isinstance(meta, dict):
+        raise BadSample("bad_json", f"expected an object, got {type(meta).__name__}")
+    q = meta.get("question")
+    if not isinstance(q, str):
+        raise BadSample("missing_field", "'question' must be a string")
+    answers = meta.get("answers")
+    if answers is None and isinstance(meta.get("answer"), str):
+        answers = [meta["answer"]]
+    if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
+        raise BadSample("missing_field", "'answers' must be a list of strings")
+    if "question_id" not in meta:
+        raise BadSample("missing_field", "'question_id' is required")
+    out = {"question": q, "answers": answers or [], "question_id": meta["question_id"]}
+    for opt in ("image_id", "answer_type"):
+        if meta.get(opt) is not None:
+            out[opt] = meta[opt]
+    return out
+
+
+def majority_answer(answers: list[str]) -> str:
+    """The most frequent answer, ties broken by first occurrence (VQAv2's training target)."""
+    counts = Counter(answers)
+    return max(answers, key=lambda a: (counts[a], -answers.index(a))) if answers else ""
+
+
+# --------------------------------------------------------------------------------------------- writing
+@dataclass
+class ShardWriter:
+    """Writes ``{prefix}-{i:06d}.tar`` shards of at most ``samples_per_shard`` samples, and the manifest.
+
+    A shard is written under a temporary name and renamed only when complete, so an interrupted run
+    never leaves a half-written shard under a final name; the manifest lists complete shards only.
+    Member mtimes are fixed, so the same samples give byte-identical shards.
+    """
+
+    out_dir: Path
+    prefix: str = "data"
+    samples_per_shard: int = 1000
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    _tar: tarfile.TarFile | None = None
+    _tmp: Path | None = None
+    _count: int = 0
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard={self.samples_per_shard} must be >= 1")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def write(self, key: str, meta: dict[str, Any], image: bytes | None = None, image_ext: str = "jpg",
+              features: np.ndarray | None = None) -> None:
+        """One sample: its json, and an encoded image or a feature array."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        if (image is None) == (features is None):
+            raise ValueError("a sample needs exactly one of image bytes or a feature array")
+        validate_meta(meta)
+        if self._tar is None:
+            name = f"{self.prefix}-{len(self.shards):06d}.tar"
+            self._tmp = self.out_dir / f".{name}.tmp"
+            self._tar = tarfile.open(self._tmp, "w")
+            self._count = 0
+        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        if image is not None:
+            if image_ext not in IMAGE_EXTS:
+                raise ValueError(f"image_ext={image_ext!r}; valid: {IMAGE_EXTS}")
+            self._add(f"{key}.{image_ext}", image)
+        else:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(features), allow_pickle=False)
+            self._add(f"{key}.{FEATURE_EXT}", buf.getvalue())
+        self._count += 1
+        if self._count >= self.samples_per_shard:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._tar.close()
+        final = self.out_dir / self._tmp.name[1:-4]
+        os.replace(self._tmp, final)
+        self.shards.append({"name": final.name, "samples": self._count})
+        self._tar = self._tmp = None
+
+    def close(self) -> dict[str, Any]:
+        if self._tar is not None:
+            self._finish_shard()
+        manifest = {"format": "arrcoc-vqa/1", "shards": self.shards,
+                    "total": sum(s["samples"] for s in self.shards)}
+        tmp = self.out_dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, self.out_dir / MANIFEST)
+        return manifest
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = self._tmp = None
+
+
+def encode_image(img: Image.Image, ext: str = "png", quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format={"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext], quality=quality)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- reading
+@dataclass
+class RawSample:
+    """A tar sample before decoding: member bytes by extension."""
+
+    key: str
+    url: str
+    files: dict[str, bytes]
+
+
+@dataclass
+class Skip:
+    """A skipped sample (or shard): where, and why."""
+
+    url: str
+    key: str
+    reason: str
+    detail: str = ""
+
+
+def iter_tar(url: str) -> Iterator[RawSample | Skip]:
+    """Stream a tar shard (a path or any ``webdataset.gopen`` URL such as ``pipe:CMD``) as samples.
+
+    Members are grouped by key (the name up to the first '.' of its last path part). A shard that
+    can't be opened, or breaks off mid-stream, yields a :class:`Skip` instead of raising.
+    """
+    from webdataset.gopen import gopen
+
+    try:
+        stream = gopen(url, "rb")
+    except Exception as err:  # noqa: BLE001 - any failure to open is a skipped shard
+        yield Skip(url, "*", "unreadable_shard", str(err))
+        return
+    current: RawSample | None = None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                if base.startswith(".") or "." not in base:
+                    continue
+                key, ext = base.split(".", 1)
+                key = member.name[: len(member.name) - len(base)] + key
+                if current is None or current.key != key:
+                    if current is not None:
+                        yield current
+                    current = RawSample(key, url, {})
+                try:
+                    current.files[ext.lower()] = tar.extractfile(member).read()
+                except Exception as err:  # noqa: BLE001
+                    yield Skip(url, key, "unreadable_member", f"{member.name}: {err}")
+                    current = RawSample(key, url, {"__broken__": b""})
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt archive: keep what was read
+        yield Skip(url, current.key if current else "*", "unreadable_shard", str(err))
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - a pipe's exit status is reported above if it matters
+                pass
+    if current is not None:
+        yield current
+
+
+def decode(raw: RawSample) -> dict[str, Any]:
+    """RawSample -> dict with ``image`` (PIL) or ``features`` (ndarray), plus the json fields.
+
+    Only images, json and ``.npy`` (without pickle) are decoded; any other payload (``.pth``,
+    ``.pickle``, ...) is ignored, never loaded. Raises BadSample with a countable reason.
+    """
+    if "__broken__" in raw.files:
+        raise BadSample("unreadable_member")
+    if "json" not in raw.files:
+        raise BadSample("missing_json")
+    try:
+        meta = json.loads(raw.files["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadSample("bad_json", str(err)) from err
+    out = validate_meta(meta)
+    out["__key__"], out["__url__"] = raw.key, raw.url
+    ext = next((e for e in IMAGE_EXTS if e in raw.files), None)
+    if ext is not None:
+        try:
+            img = Image.open(io.BytesIO(raw.files[ext]))
+            img.load()
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data
+            raise BadSample("bad_image", f"{ext}: {err}") from err
+        out["image"] = img
+    elif FEATURE_EXT in raw.files:
+        try:
+            out["features"] = np.load(io.BytesIO(raw.files[FEATURE_EXT]), allow_pickle=False)
+        except Exception as err:  # noqa: BLE001
+            raise BadSample("bad_features", str(err)) from err
+    else:
+        raise BadSample("missing_image")
+    return out
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
