@@ -32,7 +32,19 @@ def collate_vqa(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[st
     for key in ("pixel_values", "patch_features", "cls_features"):
         if key in samples[0]:
             batch[key] = torch.stack([s[key] for s in samples])
+    if "valid" in samples[0]:
+        batch["valid"] = torch.tensor([bool(s["valid"]) for s in samples])  # [B]; False on placeholders
     for key in ("question", "answers", "question_id"):
         if key in samples[0]:
             batch[key] = [s[key] for s in samples]
     return batch
+
+
+#: The batch entries ``ARRCOCModel.forward`` takes; the rest (answers, ids, flags) are for metrics.
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "question_ids", "question_mask", "pixel_values",
+              "patch_features", "cls_features")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The part of a batch that goes into the model: ``model(**model_inputs(batch))``."""
+    return {k: batch[k] for k in MODEL_KEYS if k in batch}

@@ -183,8 +183,10 @@ class Skip:
 def iter_tar(url: str) -> Iterator[RawSample | Skip]:
     """Stream a tar shard (a path or any ``webdataset.gopen`` URL such as ``pipe:CMD``) as samples.
 
-    Members are grouped by key (the name up to the first '.' of its last path part). A shard that
-    can't be opened, or breaks off mid-stream, yields a :class:`Skip` instead of raising.
+    Members are grouped by key (the name up to the first '.' of its last path part): one RawSample
+    per key, so a sample position is never lost. A shard that can't be opened, or breaks off
+    mid-stream, yields a shard-level :class:`Skip` (key ``"*"``) instead of raising; what was read
+    before the break still comes out.
     """
     from webdataset.gopen import gopen
 
@@ -210,11 +212,10 @@ def iter_tar(url: str) -> Iterator[RawSample | Skip]:
                     current = RawSample(key, url, {})
                 try:
                     current.files[ext.lower()] = tar.extractfile(member).read()
-                except Exception as err:  # noqa: BLE001
-                    yield Skip(url, key, "unreadable_member", f"{member.name}: {err}")
-                    current = RawSample(key, url, {"__broken__": b""})
+                except Exception as err:  # noqa: BLE001 - decode() turns this into a counted skip
+                    current.files["__broken__"] = f"{member.name}: {err}".encode()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt archive: keep what was read
-        yield Skip(url, current.key if current else "*", "unreadable_shard", str(err))
+        yield Skip(url, "*", "unreadable_shard", str(err))
     finally:
         close = getattr(stream, "close", None)
         if close:
@@ -233,7 +234,7 @@ def decode(raw: RawSample) -> dict[str, Any]:
     ``.pickle``, ...) is ignored, never loaded. Raises BadSample with a countable reason.
     """
     if "__broken__" in raw.files:
-        raise BadSample("unreadable_member")
+        raise BadSample("unreadable_member", raw.files["__broken__"].decode(errors="replace"))
     if "json" not in raw.files:
         raise BadSample("missing_json")
     try:

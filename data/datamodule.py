@@ -1,0 +1,201 @@
+"""The LightningDataModule: streams WebDataset shards of VQA samples to every rank."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import IterableDataset
+
+from arrcoc.data.collate import collate_vqa
+from arrcoc.data.preprocess import VQAPreprocessor
+from arrcoc.data.prompt import VQA_INSTRUCTION, VQAPromptBuilder
+from arrcoc.data.sample_task import SampleTaskConfig, write_split
+from arrcoc.data.shards import read_manifest
+from arrcoc.data.sources import Source, SourceConfig, resolve
+from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream, collect_stats, total_skipped
+from arrcoc.encoder import TINY_ENCODER, build_transform
+from arrcoc.language_model import TINY_LM, build_tokenizer
+
+log = logging.getLogger("arrcoc.data")
+
+SourceSpecs = str | list[str | SourceConfig] | None
+DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "arrcoc", "sample-task")
+
+
+class VQADataModule(L.LightningDataModule):
+    """Streams VQA shards: resampled and shuffled for training, exactly-once for evaluation.
+
+    Args:
+        train, val, test: shard sources: a path (directory, shard, brace pattern, ``pipe:`` command)
+            or a list of paths / ``{path, weight, manifest}`` entries (training mixes them by weight).
+            Left empty while ``sample_task`` is set, they point at the generated sample task.
+        encoder, encoder_pretrained: the open_clip name (and tag) whose preprocessing images get.
+        llm: the LLM whose tokenizer and chat template build the prompts.
+        batch_size, eval_batch_size: samples per batch per rank (``eval_batch_size`` defaults to it).
+        num_workers: loader workers per rank.
+        samples_per_epoch: training samples per epoch over all ranks; defaults to the manifests'
+            total. Every rank yields ``samples_per_epoch // (world_size * batch_size)`` full batches.
+        shuffle_buffer: samples held for shuffling in each worker.
+        seed: shard resampling and shuffling seed (combined with epoch, rank and worker).
+        sample_task: generate the bundled sample task on first use into ``cache_dir`` (rank 0 of
+            each node, in ``prepare_data``) and use it where ``train``/``val`` are empty.
+        cache_dir: where the sample task is generated.
+    """
+
+    def __init__(
+        self,
+        train: SourceSpecs = None,
+        val: SourceSpecs = None,
+        test: SourceSpecs = None,
+        encoder: str = TINY_ENCODER,
+        encoder_pretrained: str | None = None,
+        llm: str = TINY_LM,
+        trust_remote_code: bool = False,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        instruction: str = VQA_INSTRUCTION,
+        max_question_tokens: int = 64,
+        sample_task: SampleTaskConfig | None = None,
+        cache_dir: str = DEFAULT_CACHE,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch={samples_per_epoch} must be >= 1")
+        self.save_hyperparameters()
+        self.specs = {"train": train, "val": val, "test": test}
+        self.sample_task = sample_task
+        self.cache_dir = Path(os.path.expanduser(cache_dir))
+        if sample_task is not None:
+            for split in ("train", "val"):
+                if self.specs[split] is None:
+                    self.specs[split] = str(self.cache_dir / split)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.sources: dict[str, list[Source]] = {}
+        self.skip_tables: dict[str, dict] = {"train": {}, "eval": {}}
+        self._epochs = 0
+
+    # ------------------------------------------------------------------ set-up
+    def prepare_data(self) -> None:
+        """Generate the sample task if it is configured and the cache is missing or stale."""
+        if self.sample_task is None:
+            return
+        cfg = self.sample_task
+        stamp = self.cache_dir / "config.json"
+        current = stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg)
+        if current and all(read_manifest(self.cache_dir / s) for s in ("train", "val")):
+            return
+        log.info("generating the sample task into %s", self.cache_dir)
+        for split, count in (("train", cfg.train), ("val", cfg.val)):
+            write_split(self.cache_dir / split, split, count, cfg)
+        stamp.write_text(json.dumps(asdict(cfg)))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve sources (a missing path fails here, before training), build preprocessing."""
+        for split, spec in self.specs.items():
+            if spec is not None and split not in self.sources:
+                specs = [spec] if isinstance(spec, (str, SourceConfig)) else list(spec)
+                self.sources[split] = [resolve(s) for s in specs]
+        hp = self.hparams
+        self.transform = build_transform(hp.encoder, hp.encoder_pretrained)
+        self.tokenizer = build_tokenizer(hp.llm, trust_remote_code=hp.trust_remote_code)
+        self.prompt = VQAPromptBuilder(self.tokenizer, hp.instruction, hp.max_question_tokens)
+        size = self.transform.transforms[1].size  # CenterCrop: (H, W)
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_vqa(samples, self.tokenizer.pad_token_id)
+
+    # ------------------------------------------------------------------ loaders
+    def train_stream(self) -> TrainStream:
+        sources = self._need("train")
+        total = self.hparams.samples_per_epoch
+        if total is None:
+            if any(s.total is None for s in sources):
+                raise ValueError("samples_per_epoch must be set for training sources without a manifest.json")
+            total = sum(s.total for s in sources)
+        per_rank = total // (self.world_size * self.batch_size)
+        if per_rank < 1:
+            raise ValueError(f"samples_per_epoch={total} gives no full batch of {self.batch_size} per rank "
+                             f"on {self.world_size} rank(s)")
+        pre = VQAPreprocessor(self.transform, self.prompt, train=True, image_size=self.image_size)
+        return TrainStream(sources, pre, self._collate, self.batch_size, per_rank, self.rank, self.world_size,
+                           self.hparams.shuffle_buffer, self.hparams.seed)
+
+    def eval_stream(self, split: str) -> EvalStream:
+        pre = VQAPreprocessor(self.transform, self.prompt, train=False, image_size=self.image_size)
+        return EvalStream(self._need(split), pre, pre.placeholder, self._collate, self.eval_batch_size,
+                          self.rank, self.world_size, num_workers=self.num_workers)
+
+    def _need(self, split: str) -> list[Source]:
+        if split not in self.sources:
+            raise ValueError(f"data.{split} is not set: give shard paths (or sample_task for train/val)")
+        return self.sources[split]
+
+    def _loader(self, stream: IterableDataset, epoch_fn) -> EpochDataLoader:
+        return EpochDataLoader(stream, epoch_fn, num_workers=self.num_workers,
+                               persistent_workers=False, pin_memory=False)
+
+    def _epoch(self) -> int:
+        if self.trainer is not None:
+            return self.trainer.current_epoch
+        self._epochs += 1
+        return self._epochs - 1
+
+    def train_dataloader(self) -> EpochDataLoader:
+        return self._loader(self.train_stream(), self._epoch)
+
+    def val_dataloader(self) -> EpochDataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> EpochDataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> EpochDataLoader:
+        return self._loader(self.eval_stream(split), lambda: 0)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        training = self.trainer is not None and self.trainer.training
+        collect_stats(batch, self.skip_tables["train" if training else "eval"])
+        return batch
+
+    @property
+    def skipped(self) -> int:
+        """Training samples skipped so far on this rank (all workers)."""
+        return total_skipped(self.skip_tables["train"])
+
+    @property
+    def skipped_eval(self) -> int:
+        return total_skipped(self.skip_tables["eval"])
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for table in self.skip_tables.values():
+            for counts in table.values():
+                for reason, n in counts.items():
+                    out[reason] = out.get(reason, 0) + n
+        return out

@@ -1,0 +1,164 @@
+"""The bundled sample task: coloured shapes on a textured background, with VQA questions.
+
+Deterministic from the seed (each sample from its own RNG, so any sample can be regenerated alone),
+fast on a CPU, and written through the same :class:`~arrcoc.data.shards.ShardWriter` as the
+converters. Answering needs a small, question-dependent part of the image: the colour of one named
+shape, whether a combination exists, how many objects of a colour there are (several regions: needs
+more tokens), or where one object is relative to another. Closed answer vocabulary; ten identical
+annotator answers per question, so the VQA soft accuracy applies.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from arrcoc.data.shards import ShardWriter, encode_image
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230), "yellow": (240, 220, 30),
+    "purple": (150, 50, 200), "orange": (250, 140, 20), "white": (250, 250, 250),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+KINDS = ("attribute", "existence", "count", "spatial")
+NUMBERS = [str(i) for i in range(10)]
+ANSWERS = sorted(set(COLORS) | set(SHAPES) | {"yes", "no"} | set(NUMBERS))
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    color: str
+    x: int  # centre, pixels
+    y: int
+    r: int  # half size, pixels
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+def make_scene(rng: random.Random, size: int) -> list[Obj]:
+    """2-6 non-overlapping objects, each a (shape, colour) pair that appears at most once."""
+    objs: list[Obj] = []
+    want = rng.randint(2, 6)
+    tries = 0
+    while len(objs) < want and tries < 200:
+        tries += 1
+        r = rng.randint(size // 16, size // 10)
+        x, y = rng.randint(r + 1, size - r - 2), rng.randint(r + 1, size - r - 2)
+        shape, color = rng.choice(SHAPES), rng.choice(sorted(COLORS))
+        if any(o.shape == shape and o.color == color for o in objs):
+            continue
+        if any(abs(o.x - x) < o.r + r + 3 and abs(o.y - y) < o.r + r + 3 for o in objs):
+            continue
+        objs.append(Obj(shape, color, x, y, r))
+    return objs
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return yy, xx
+
+
+def render(objs: list[Obj], size: int, seed: int) -> Image.Image:
+    """Textured background (a muted base colour, stripes and noise) with the objects drawn on it."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(60, 140, size=3).astype(np.float32)
+    yy, xx = _grid(size)
+    freq, angle = rng.uniform(0.15, 0.5), rng.uniform(0, np.pi)
+    stripes = 18 * np.sin(np.float32(freq * np.cos(angle)) * xx + np.float32(freq * np.sin(angle)) * yy)
+    noise = rng.standard_normal(size=(size, size), dtype=np.float32) * 12
+    bg = np.clip(base + (stripes + noise)[..., None], 0, 255).astype(np.uint8)
+    img = Image.fromarray(bg, "RGB")
+    draw = ImageDraw.Draw(img)
+    for o in objs:
+        fill, box = COLORS[o.color], [o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r]
+        if o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif o.shape == "triangle":
+            draw.polygon([(o.x, o.y - o.r), (o.x - o.r, o.y + o.r), (o.x + o.r, o.y + o.r)], fill=fill)
+        elif o.shape == "diamond":
+            draw.polygon([(o.x, o.y - o.r), (o.x + o.r, o.y), (o.x, o.y + o.r), (o.x - o.r, o.y)], fill=fill)
+        else:  # cross
+            w = max(o.r // 3, 1)
+            draw.rectangle([o.x - o.r, o.y - w, o.x + o.r, o.y + w], fill=fill)
+            draw.rectangle([o.x - w, o.y - o.r, o.x + w, o.y + o.r], fill=fill)
+    return img
+
+
+def ask(objs: list[Obj], rng: random.Random, kind: str) -> tuple[str, str, str]:
+    """(question, answer, answer_type) of one kind about the scene, answered from the scene itself."""
+    if kind == "attribute":
+        by_shape = {s: [o for o in objs if o.shape == s] for s in SHAPES}
+        unique = [o for o in objs if len(by_shape[o.shape]) == 1]
+        if unique:
+            o = rng.choice(unique)
+            return f"What color is the {o.shape}?", o.color, "other"
+        o = rng.choice(objs)  # every shape repeats: ask the shape of a unique colour-shape pair
+        return f"What shape is the {o.color} object on the {'left' if o.x < 64 else 'right'}?", o.shape, "other"
+    if kind == "existence":
+        if rng.random() < 0.5:
+            o = rng.choice(objs)
+            return f"Is there a {o.color} {o.shape}?", "yes", "yes/no"
+        present = {(o.color, o.shape) for o in objs}
+        absent = [(c, s) for c in sorted(COLORS) for s in SHAPES if (c, s) not in present]
+        c, s = rng.choice(absent)
+        return f"Is there a {c} {s}?", "no", "yes/no"
+    if kind == "count":
+        color = rng.choice([o.color for o in objs] + [rng.choice(sorted(COLORS))])
+        n = sum(o.color == color for o in objs)
+        return f"How many {color} objects are there?", str(n), "number"
+    a, b = rng.sample(objs, 2)
+    if rng.random() < 0.5:
+        return f"Is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "yes/no"
+    return f"Is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "yes/no"
+
+
+@dataclass(frozen=True)
+class SampleTaskConfig:
+    """How to generate the sample task (also used to check whether a cached copy is current)."""
+
+    train: int = 20000
+    val: int = 1000
+    seed: int = 0
+    image_size: int = 128
+    samples_per_shard: int = 1000
+
+
+def make_sample(split: str, index: int, seed: int, size: int) -> tuple[dict[str, Any], Image.Image]:
+    """Sample ``index`` of ``split``: json metadata (with the scene) and the image."""
+    rng = random.Random(f"arrcoc-sample/{seed}/{split}/{index}")
+    objs = make_scene(rng, size)
+    kind = KINDS[index % len(KINDS)] if split != "train" else rng.choice(KINDS)
+    question, answer, answer_type = ask(objs, rng, kind)
+    qid = (0 if split == "train" else 1) * 10**9 + index
+    meta = {"question": question, "answers": [answer] * 10, "question_id": qid, "image_id": qid,
+            "answer_type": answer_type, "question_type": kind, "scene": [asdict(o) for o in objs]}
+    image_seed = rng.randrange(2**32)
+    return meta, render(objs, size, image_seed)
+
+
+def write_split(out_dir: Path, split: str, count: int, cfg: SampleTaskConfig, progress: bool = True) -> dict:
+    """Generate ``count`` samples of ``split`` into ``out_dir`` (shards + manifest)."""
+    from tqdm import tqdm
+
+    writer = ShardWriter(out_dir, prefix=split, samples_per_shard=cfg.samples_per_shard)
+    try:
+        for i in tqdm(range(count), desc=f"sample task {split}", unit="sample", disable=not progress,
+                      mininterval=1.0):
+            meta, img = make_sample(split, i, cfg.seed, cfg.image_size)
+            writer.write(f"{split}{i:08d}", meta, image=encode_image(img, "jpg"), image_ext="jpg")
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
