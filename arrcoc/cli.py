@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {
     "demo": ("arrcoc.demo", "forward/backward smoke of the whole model on the embedded tiny preset"),
+    "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards"),
 }
 
 

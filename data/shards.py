@@ -211,9 +211,14 @@ def iter_tar(url: str) -> Iterator[RawSample | Skip]:
                         yield current
                     current = RawSample(key, url, {})
                 try:
-                    current.files[ext.lower()] = tar.extractfile(member).read()
+                    data = tar.extractfile(member).read()
                 except Exception as err:  # noqa: BLE001 - decode() turns this into a counted skip
                     current.files["__broken__"] = f"{member.name}: {err}".encode()
+                    continue
+                if len(data) != member.size:  # the archive ends inside this member
+                    current.files["__broken__"] = f"{member.name}: truncated".encode()
+                    raise tarfile.ReadError(f"archive ends inside {member.name}")
+                current.files[ext.lower()] = data
     except Exception as err:  # noqa: BLE001 - truncated or corrupt archive: keep what was read
         yield Skip(url, "*", "unreadable_shard", str(err))
     finally:

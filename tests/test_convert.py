@@ -1,0 +1,110 @@
+"""Converters and the ``arrcoc data`` commands, on fixture files the tests create."""
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from arrcoc.data.cli import main as data_main
+from arrcoc.data.shards import decode, iter_tar, read_manifest
+
+
+def _all(out):
+    return [decode(r) for p in sorted(out.glob("*.tar")) for r in iter_tar(str(p))]
+
+
+def make_vqav2(root, n_images=3, annotate=True):
+    images = root / "val2014"
+    images.mkdir(parents=True)
+    for i in range(1, n_images + 1):
+        Image.new("RGB", (64, 48), (i * 40, 0, 0)).save(images / f"COCO_val2014_{i:012d}.jpg")
+    (images / f"COCO_val2014_{2:012d}.jpg").write_bytes(b"not a jpeg")  # image 2 is corrupt
+    questions = [{"image_id": i, "question": f"What is in image {i}?", "question_id": i * 10 + k}
+                 for i in range(1, n_images + 2) for k in range(2)]  # image n+1 does not exist
+    (root / "q.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    anns = [{"question_id": q["question_id"], "image_id": q["image_id"], "answer_type": "other",
+             "multiple_choice_answer": "cat",
+             "answers": [{"answer": "cat" if j < 7 else "dog", "answer_id": j + 1} for j in range(10)]}
+            for q in questions if q["question_id"] != 11]  # question 11 has no annotation
+    (root / "a.json").write_text(json.dumps({"annotations": anns}))
+    return root
+
+
+def test_vqav2_round_trip(tmp_path, capsys):
+    root = make_vqav2(tmp_path / "vqa")
+    out = tmp_path / "shards"
+    rc = data_main(["convert", "vqav2", "--questions", str(root / "q.json"), "--annotations", str(root / "a.json"),
+                    "--images", str(root / "val2014"), "--out", str(out), "--shard-size", "2"])
+    assert rc == 0
+    samples = _all(out)
+    # q10 ok; q11 missing annotation; q20, q21 corrupt image; q30, q31 ok; q40, q41 missing image
+    assert [s["question_id"] for s in samples] == [10, 30, 31]
+    s = samples[0]
+    assert s["question"] == "What is in image 1?" and s["image_id"] == 1 and s["answer_type"] == "other"
+    assert s["answers"] == ["cat"] * 7 + ["dog"] * 3 and s["image"].size == (64, 48)
+    assert read_manifest(out)["total"] == 3
+    report = capsys.readouterr().out
+    assert "wrote 3 samples in 2 shards; skipped 5 (2 bad_image, 1 missing_annotation, 2 missing_image)" in report
+
+
+def test_vqav2_test_split_without_annotations(tmp_path):
+    root = make_vqav2(tmp_path / "vqa")
+    out = tmp_path / "shards"
+    assert data_main(["convert", "vqav2", "--questions", str(root / "q.json"), "--images", str(root / "val2014"),
+                      "--out", str(out)]) == 0
+    samples = _all(out)
+    assert [s["question_id"] for s in samples] == [10, 11, 30, 31] and all(s["answers"] == [] for s in samples)
+
+
+def test_jsonl_round_trip(tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    Image.new("L", (10, 10)).save(tmp_path / "img" / "a.png")
+    Image.new("RGBA", (30, 20)).save(tmp_path / "img" / "b.webp")
+    lines = [
+        {"image": "a.png", "question": "Is it dark?", "answers": ["yes", "yes"], "question_id": 7},
+        {"image": "b.webp", "question": "What is it?", "answer": "nothing"},
+        {"image": "missing.png", "question": "?", "answer": "x"},
+        {"question": "no image field", "answer": "x"},
+        {"image": "a.png", "answers": "not-a-list", "question": "q"},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\n{broken json\n"
+    (tmp_path / "m.jsonl").write_text(text)
+    out = tmp_path / "shards"
+    assert data_main(["convert", "jsonl", "--manifest", str(tmp_path / "m.jsonl"), "--images-root",
+                      str(tmp_path / "img"), "--out", str(out)]) == 0
+    samples = _all(out)
+    assert [(s["question_id"], s["answers"]) for s in samples] == [(7, ["yes", "yes"]), (2, ["nothing"])]
+    assert samples[1]["image"].mode == "RGBA"
+    assert "skipped 4 (1 bad_json, 2 missing_field, 1 missing_image)" in capsys.readouterr().out
+
+
+def test_out_dir_is_not_silently_mixed(tmp_path, capsys):
+    root = make_vqav2(tmp_path / "vqa")
+    args = ["convert", "vqav2", "--questions", str(root / "q.json"), "--images", str(root / "val2014"),
+            "--out", str(tmp_path / "o")]
+    assert data_main(args) == 0
+    assert data_main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert data_main(args + ["--overwrite"]) == 0 and read_manifest(tmp_path / "o")["total"] == 4
+
+
+def test_missing_inputs_fail_naming_the_path(tmp_path, capsys):
+    assert data_main(["convert", "jsonl", "--manifest", str(tmp_path / "nope.jsonl"), "--images-root",
+                      str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_inspect(tmp_path):
+    assert data_main(["sample", "--out", str(tmp_path / "st"), "--train", "0", "--val", "40"]) == 0
+    out = subprocess.run([sys.executable, "-m", "arrcoc.cli", "data", "inspect", str(tmp_path / "st" / "val")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "40 readable samples (manifest says 40)" in out.stdout and "top:" in out.stdout
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.tar").write_bytes(b"garbage" * 100)
+    bad = subprocess.run([sys.executable, "-m", "arrcoc.cli", "data", "inspect", str(tmp_path / "empty")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "0 readable samples" in bad.stdout
+    none = subprocess.run([sys.executable, "-m", "arrcoc.cli", "data", "inspect", str(tmp_path / "absent")],
+                          capture_output=True, text=True)
+    assert none.returncode == 2 and "absent" in none.stderr

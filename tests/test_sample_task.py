@@ -1,0 +1,77 @@
+"""The sample task: deterministic for a seed, and its answers right by the generator's own scene."""
+
+import random
+
+import numpy as np
+
+from arrcoc.data.cli import main as data_main
+from arrcoc.data.sample_task import ANSWERS, COLORS, KINDS, make_sample
+from arrcoc.data.shards import decode, iter_tar
+
+
+def _check(question: str, answer: str, scene: list[dict]) -> None:
+    """Recompute the answer from the scene description alone."""
+    words = question.rstrip("?").split()
+    if question.startswith("What color is the "):
+        (obj,) = [o for o in scene if o["shape"] == words[-1]]  # the named shape is unique
+        assert answer == obj["color"]
+    elif question.startswith("What shape is the "):
+        color, side = words[4], words[-1]
+        matches = [o for o in scene if o["color"] == color and (o["x"] < 64) == (side == "left")]
+        assert answer in {o["shape"] for o in matches}
+    elif question.startswith("Is there a "):
+        color, shape = words[3], words[4]
+        assert answer == ("yes" if any(o["color"] == color and o["shape"] == shape for o in scene) else "no")
+    elif question.startswith("How many "):
+        assert answer == str(sum(o["color"] == words[2] for o in scene))
+    else:  # "Is the {c} {s} left of|above the {c} {s}?"
+        a = next(o for o in scene if o["color"] == words[2] and o["shape"] == words[3])
+        b = next(o for o in scene if o["color"] == words[-2] and o["shape"] == words[-1])
+        rel = words[4]
+        truth = a["x"] < b["x"] if rel == "left" else a["y"] < b["y"]
+        assert answer == ("yes" if truth else "no"), (question, a, b)
+
+
+def test_answers_follow_from_the_scene():
+    kinds = set()
+    for i in range(600):
+        meta, img = make_sample("train" if i % 2 else "val", i, seed=3, size=128)
+        assert len(meta["answers"]) == 10 and len(set(meta["answers"])) == 1
+        assert meta["answers"][0] in ANSWERS
+        _check(meta["question"], meta["answers"][0], meta["scene"])
+        kinds.add(meta["question_type"])
+        assert img.size == (128, 128)
+    assert kinds == set(KINDS)
+
+
+def test_objects_are_drawn_where_the_scene_says():
+    meta, img = make_sample("val", 5, seed=0, size=128)
+    px = np.asarray(img)
+    for o in meta["scene"]:
+        assert np.abs(px[o["y"], o["x"]].astype(int) - COLORS[o["color"]]).max() < 3, o
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert data_main(["sample", "--out", str(tmp_path / name), "--train", "30", "--val", "10",
+                          "--seed", str(seed), "--shard-size", "16"]) == 0
+    a = sorted((tmp_path / "a").rglob("*.tar"))
+    assert [p.name for p in a] == ["train-000000.tar", "train-000001.tar", "val-000000.tar"]
+    for p in a:
+        assert p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes()
+    assert (tmp_path / "c/train/train-000000.tar").read_bytes() != a[0].read_bytes()
+    # a sample regenerated alone equals the one in the shard
+    samples = [decode(r) for r in iter_tar(str(a[1]))]
+    meta, _ = make_sample("train", 20, seed=1, size=128)
+    assert samples[4]["question"] == meta["question"] and samples[4]["question_id"] == meta["question_id"]
+
+
+def test_counting_needs_several_regions():
+    """Count questions about a colour with several objects: the answer is spread over the image."""
+    rng = random.Random(0)
+    found = 0
+    for i in range(400):
+        meta, _ = make_sample("train", i, seed=rng.randrange(10), size=128)
+        if meta["question_type"] == "count" and int(meta["answers"][0]) >= 2:
+            found += 1
+    assert found >= 5
