@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from arrcoc.encoder import TINY_ENCODER, build_transform
 from arrcoc.language_model import TINY_LM, build_tokenizer
 
 log = logging.getLogger("arrcoc.data")
+
+# Our streams split work per worker themselves and report exact per-rank batch counts; Lightning's
+# generic caution about __len__ on an IterableDataset with several workers does not apply.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 SourceSpecs = str | list[str | SourceConfig] | None
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "arrcoc", "sample-task")

@@ -78,3 +78,11 @@ def write_broken_shard(path: Path, marker: str, start: int = 1000) -> dict[str, 
             if kind in ("pickle_only", "good"):
                 add_member(tar, f"{key}.pth", pickle.dumps(Boom(marker)))  # must never be loaded
     return good
+
+
+def add_to_manifest(directory: Path, name: str, samples: int) -> None:
+    """List an extra shard (e.g. a broken one) in a dataset's manifest."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["shards"].append({"name": name, "samples": samples})
+    manifest["total"] += samples
+    (directory / "manifest.json").write_text(json.dumps(manifest))
