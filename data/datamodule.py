@@ -114,7 +114,7 @@ class VQADataModule(L.LightningDataModule):
         """Resolve sources (a missing path fails here, before training), build preprocessing."""
         for split, spec in self.specs.items():
             if spec is not None and split not in self.sources:
-                specs = [spec] if isinstance(spec, (str, SourceConfig)) else list(spec)
+                specs = [spec] if isinstance(spec, (str, dict, SourceConfig)) else list(spec)
                 self.sources[split] = [resolve(s) for s in specs]
         hp = self.hparams
         self.transform = build_transform(hp.encoder, hp.encoder_pretrained)

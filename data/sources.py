@@ -44,9 +44,9 @@ class Source:
         return None if self.counts is None else sum(self.counts)
 
 
-def resolve(spec: str | SourceConfig) -> Source:
+def resolve(spec: str | SourceConfig | dict) -> Source:
     """Expand a source spec into shard URLs; a local source that matches nothing is an error naming it."""
-    cfg = SourceConfig(spec) if isinstance(spec, str) else spec
+    cfg = SourceConfig(spec) if isinstance(spec, str) else SourceConfig(**spec) if isinstance(spec, dict) else spec
     if cfg.weight <= 0:
         raise ValueError(f"source {cfg.path!r}: weight={cfg.weight} must be > 0")
     path = os.path.expanduser(cfg.path)

@@ -56,7 +56,7 @@ def test_epochs_reshuffle_and_replay(tmp_path):
 def test_sources_mix_by_weight(tmp_path):
     write_dataset(tmp_path / "a", [50], start=0)
     write_dataset(tmp_path / "b", [50], start=1000)
-    dm = _dm(tmp_path, train=[SourceConfig(str(tmp_path / "a"), weight=3.0), str(tmp_path / "b")],
+    dm = _dm(tmp_path, train=[SourceConfig(str(tmp_path / "a"), weight=3.0), {"path": str(tmp_path / "b")}],
              batch_size=10, samples_per_epoch=800)
     ids = _ids(dm.train_dataloader())
     share_a = sum(i < 1000 for i in ids) / len(ids)
