@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+LIGHTNING = ("fit", "validate", "test", "predict")
+
 COMMANDS = {
     "demo": ("arrcoc.demo", "forward/backward smoke of the whole model on the embedded tiny preset"),
     "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards"),
@@ -14,12 +16,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: arrcoc <command> [options]\n\ncommands:")
+        print("  fit       train a phase: arrcoc fit --config configs/phase1.yaml")
+        print("  validate  evaluate on the validation split (also: test, predict)")
         for name, (_, desc) in COMMANDS.items():
             print(f"  {name:10s}{desc}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    if name in LIGHTNING:
+        from arrcoc.train.cli import main as lightning_main
+
+        return lightning_main(argv)
     if name not in COMMANDS:
-        print(f"arrcoc: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        valid = ", ".join(list(LIGHTNING) + list(COMMANDS))
+        print(f"arrcoc: unknown command {name!r}; valid: {valid}", file=sys.stderr)
         return 2
     module = __import__(COMMANDS[name][0], fromlist=["main"])
     return int(module.main(rest) or 0)

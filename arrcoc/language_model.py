@@ -8,6 +8,8 @@ and the locally built tokenizer, so nothing is downloaded.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
@@ -112,6 +114,32 @@ class LanguageModel(nn.Module):
             use_cache=False,
         )
         return out.last_hidden_state
+
+    @torch.no_grad()
+    def greedy(self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, max_new_tokens: int) -> Tensor:
+        """Greedy decoding from left-padded input embeddings [B, L, E] with a KV cache -> ids [B, T].
+
+        Finished sequences continue with padding after their end-of-sequence token."""
+        decoder = self.model.get_decoder()
+        cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+        next_pos = position_ids[:, -1:] + 1  # [B, 1] left padding: the last column is real
+        steps = []
+        for _ in range(max_new_tokens):
+            token = self.logits(out.last_hidden_state[:, -1]).argmax(-1)  # [B]
+            token = torch.where(done, torch.full_like(token, pad), token)
+            steps.append(token)
+            done |= token == eos
+            if bool(done.all()):
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], 1)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            out = decoder(inputs_embeds=self.embed(token[:, None]), attention_mask=attention_mask,
+                          position_ids=next_pos, use_cache=True, **{cache_kw: cache})
+            next_pos = next_pos + 1
+        return torch.stack(steps, 1)  # [B, T]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Hidden states [..., E] -> vocabulary logits [..., V], with the model's own final-logit

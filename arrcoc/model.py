@@ -90,6 +90,13 @@ class ARRCOCOutput:
     allocation: Allocation
 
 
+@dataclass
+class GenerationOutput:
+    tokens: Tensor  # [B, T_new] generated ids (padding after the end-of-sequence token)
+    texts: list[str]  # decoded answers
+    allocation: Allocation
+
+
 class ARRCOCModel(nn.Module):
     """The ARR-COC vision-language model.
 
@@ -211,18 +218,9 @@ class ARRCOCModel(nn.Module):
             full_tokens: override the module's ``full_tokens`` for this call.
             return_logits: also return [B, L, V] logits (memory-heavy for big vocabularies).
         """
-        patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
-        b, n, _ = patches.shape
         full = self.full_tokens if full_tokens is None else full_tokens
-
-        if full:
-            sel = self._keep_all(b, n, patches.device)
-            maps = weights = relevance = None
-        else:
-            maps, weights, relevance, sel = self._allocate(patches, cls, pixel_values, question_ids,
-                                                           question_mask, budget)
-
-        visual, visual_mask, summary_valid = self._visual_tokens(patches, sel, relevance, full)
+        visual, visual_mask, sel, allocation = self._see(pixel_values, patch_features, cls_features,
+                                                         question_ids, question_mask, budget, full)
         text = self.llm.embed(input_ids)  # [B, T, E]
         packed = pack_multimodal(text, input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, labels=labels)
@@ -243,16 +241,61 @@ class ARRCOCModel(nn.Module):
         loss = None
         if lm_loss is not None:
             loss = lm_loss if full else lm_loss + self.budget_loss_weight * sel.budget_loss
+        return ARRCOCOutput(loss=loss, lm_loss=lm_loss, budget_loss=sel.budget_loss, logits=logits,
+                            answer_logits=answer_logits, answer_targets=answer_targets, packed=packed,
+                            allocation=allocation)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pixel_values: Tensor | None = None,
+        labels: Tensor | None = None,
+        question_ids: Tensor | None = None,
+        question_mask: Tensor | None = None,
+        patch_features: Tensor | None = None,
+        cls_features: Tensor | None = None,
+        budget: int | Tensor | None = None,
+        full_tokens: bool | None = None,
+        max_new_tokens: int = 8,
+    ) -> GenerationOutput:
+        """Greedy decoding with the allocated visual tokens (hard, deterministic selection).
+
+        Takes a batch as ``forward`` does; where ``labels`` mark an answer, it is cut off and the
+        model answers from the prompt alone. Returns the generated ids, the decoded answers and the
+        allocation.
+        """
+        full = self.full_tokens if full_tokens is None else full_tokens
+        if labels is not None:  # keep the prompt: real tokens before the first supervised one
+            before_answer = (labels != IGNORE_INDEX).long().cumsum(-1) == 0
+            attention_mask = attention_mask * before_answer.long()
+        visual, visual_mask, _, allocation = self._see(pixel_values, patch_features, cls_features,
+                                                       question_ids, question_mask, budget, full)
+        packed = pack_multimodal(self.llm.embed(input_ids), input_ids, attention_mask, visual, visual_mask,
+                                 self.llm.image_token_id, padding_side="left")
+        tokens = self.llm.greedy(packed.embeds, packed.attention_mask, packed.position_ids, max_new_tokens)
+        texts = self.llm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return GenerationOutput(tokens=tokens, texts=[t.strip() for t in texts], allocation=allocation)
+
+    # ------------------------------------------------------------------ stages
+    def _see(self, pixels, patch_features, cls_features, question_ids, question_mask, budget, full: bool):
+        """Vision -> (allocation) -> projected visual tokens: the part shared by forward and generate."""
+        patches, cls = self._vision(pixels, patch_features, cls_features)  # [B, N, D], [B, D]
+        b, n, _ = patches.shape
+        if full:
+            sel = self._keep_all(b, n, patches.device)
+            maps = weights = relevance = None
+        else:
+            maps, weights, relevance, sel = self._allocate(patches, cls, pixels, question_ids, question_mask, budget)
+        visual, visual_mask, summary_valid = self._visual_tokens(patches, sel, relevance, full)
         allocation = Allocation(
             budget=sel.budget, budget_soft=sel.budget_soft, keep_mask=sel.keep_mask,
             summary_valid=summary_valid, grid=self.encoder.grid, scorer_names=list(self.scorer_names),
             scorer_maps=maps, weights=weights, relevance=relevance,
         )
-        return ARRCOCOutput(loss=loss, lm_loss=lm_loss, budget_loss=sel.budget_loss, logits=logits,
-                            answer_logits=answer_logits, answer_targets=answer_targets, packed=packed,
-                            allocation=allocation)
+        return visual, visual_mask, sel, allocation
 
-    # ------------------------------------------------------------------ stages
     def _vision(self, pixels, patch_features, cls_features) -> tuple[Tensor, Tensor | None]:
         if patch_features is not None:
             n, d = self.encoder.num_patches, self.encoder.width

@@ -73,6 +73,8 @@ def _convert(args) -> int:
     from arrcoc.data.convert import jsonl_items, prepare_out_dir, vqav2_items, write_items
 
     prefix = args.prefix or args.format
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size {args.shard_size} must be >= 1")
     if args.format == "vqav2":
         for p in (args.questions, args.images) + ((args.annotations,) if args.annotations else ()):
             if not p.exists():
@@ -93,6 +95,8 @@ def _sample(args) -> int:
     from arrcoc.data.convert import prepare_out_dir
     from arrcoc.data.sample_task import SampleTaskConfig, write_split
 
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size {args.shard_size} must be >= 1")
     cfg = SampleTaskConfig(train=args.train, val=args.val, seed=args.seed, image_size=args.image_size,
                            samples_per_shard=args.shard_size)
     for split, count in (("train", cfg.train), ("val", cfg.val)):

@@ -14,6 +14,10 @@ from arrcoc.packing import IGNORE_INDEX
 def collate_vqa(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
     """Samples from :class:`~arrcoc.data.prompt.VQAPromptBuilder` (+ ``pixel_values`` [3, S, S] or
     ``patch_features`` [N, D]) -> a batch for ``ARRCOCModel.forward`` (right-padded)."""
+    keys = {k for k in ("pixel_values", "patch_features") if k in samples[0]}
+    for s in samples[1:]:
+        if {k for k in ("pixel_values", "patch_features") if k in s} != keys:
+            raise ValueError("a batch mixes image samples and cached-feature samples; keep them in separate sources")
     ids = [s["input_ids"] for s in samples]
     batch: dict[str, Any] = {
         "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id),  # [B, T]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from filelock import FileLock
 from torch.utils.data import IterableDataset
 
 from arrcoc.data.collate import collate_vqa
@@ -18,7 +19,7 @@ from arrcoc.data.preprocess import VQAPreprocessor
 from arrcoc.data.prompt import VQA_INSTRUCTION, VQAPromptBuilder
 from arrcoc.data.sample_task import SampleTaskConfig, write_split
 from arrcoc.data.shards import read_manifest
-from arrcoc.data.sources import Source, SourceConfig, resolve
+from arrcoc.data.sources import Source, SourceConfig, count_samples, first_sample, resolve
 from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream, collect_stats, total_skipped
 from arrcoc.encoder import TINY_ENCODER, build_transform
 from arrcoc.language_model import TINY_LM, build_tokenizer
@@ -105,10 +106,16 @@ class VQADataModule(L.LightningDataModule):
         current = stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg)
         if current and all(read_manifest(self.cache_dir / s) for s in ("train", "val")):
             return
-        log.info("generating the sample task into %s", self.cache_dir)
-        for split, count in (("train", cfg.train), ("val", cfg.val)):
-            write_split(self.cache_dir / split, split, count, cfg)
-        stamp.write_text(json.dumps(asdict(cfg)))
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.cache_dir / ".lock")):  # nodes sharing a home directory take turns
+            current = stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg)
+            if current and all(read_manifest(self.cache_dir / s) for s in ("train", "val")):
+                return
+            log.info("generating the sample task into %s", self.cache_dir)
+            stamp.unlink(missing_ok=True)
+            for split, count in (("train", cfg.train), ("val", cfg.val)):
+                write_split(self.cache_dir / split, split, count, cfg)
+            stamp.write_text(json.dumps(asdict(cfg)))
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve sources (a missing path fails here, before training), build preprocessing."""
@@ -152,7 +159,9 @@ class VQADataModule(L.LightningDataModule):
 
     def eval_stream(self, split: str) -> EvalStream:
         pre = VQAPreprocessor(self.transform, self.prompt, train=False, image_size=self.image_size)
-        return EvalStream(self._need(split), pre, pre.placeholder, self._collate, self.eval_batch_size,
+        sources = [count_samples(s) for s in self._need(split)]
+        pre.calibrate(first_sample(sources))
+        return EvalStream(sources, pre, pre.placeholder, self._collate, self.eval_batch_size,
                           self.rank, self.world_size, num_workers=self.num_workers)
 
     def _need(self, split: str) -> list[Source]:
@@ -165,8 +174,10 @@ class VQADataModule(L.LightningDataModule):
                                persistent_workers=False, pin_memory=False)
 
     def _epoch(self) -> int:
+        """The epoch a new training pass belongs to. From the fit loop's count of finished epochs
+        (right after a resume, ``current_epoch`` still names the epoch that was interrupted)."""
         if self.trainer is not None:
-            return self.trainer.current_epoch
+            return int(self.trainer.fit_loop.epoch_progress.current.processed)
         self._epochs += 1
         return self._epochs - 1
 

@@ -49,6 +49,11 @@ class VQAPreprocessor:
         out.update(question=sample["question"], answers=answers, question_id=sample["question_id"], valid=True)
         return out
 
+    def calibrate(self, sample: dict[str, Any] | None) -> None:
+        """Make placeholders look like the source's samples (image or cached features) up front."""
+        if sample is not None and "features" in sample:
+            self._feature_shape = tuple(sample["features"].shape)
+
     def placeholder(self) -> dict[str, Any]:
         """A stand-in that keeps batch counts equal; ``valid=False`` keeps it out of every metric."""
         out = self.prompt("", None)

@@ -96,16 +96,23 @@ def render(objs: list[Obj], size: int, seed: int) -> Image.Image:
     return img
 
 
-def ask(objs: list[Obj], rng: random.Random, kind: str) -> tuple[str, str, str]:
-    """(question, answer, answer_type) of one kind about the scene, answered from the scene itself."""
+def ask(objs: list[Obj], rng: random.Random, kind: str, size: int = 128) -> tuple[str, str, str]:
+    """(question, answer, answer_type) of one kind about the scene, answered from the scene itself.
+
+    Every question has exactly one right answer: named objects are unique, and relations are only
+    asked between objects that are clearly apart on the asked axis (else another kind is asked)."""
     if kind == "attribute":
         by_shape = {s: [o for o in objs if o.shape == s] for s in SHAPES}
         unique = [o for o in objs if len(by_shape[o.shape]) == 1]
         if unique:
             o = rng.choice(unique)
             return f"What color is the {o.shape}?", o.color, "other"
-        o = rng.choice(objs)  # every shape repeats: ask the shape of a unique colour-shape pair
-        return f"What shape is the {o.color} object on the {'left' if o.x < 64 else 'right'}?", o.shape, "other"
+        # every shape repeats: ask for the shape of the only object of its colour
+        lone = [o for o in objs if sum(p.color == o.color for p in objs) == 1]
+        if lone:
+            o = rng.choice(lone)
+            return f"What shape is the {o.color} object?", o.shape, "other"
+        kind = "existence"
     if kind == "existence":
         if rng.random() < 0.5:
             o = rng.choice(objs)
@@ -118,10 +125,16 @@ def ask(objs: list[Obj], rng: random.Random, kind: str) -> tuple[str, str, str]:
         color = rng.choice([o.color for o in objs] + [rng.choice(sorted(COLORS))])
         n = sum(o.color == color for o in objs)
         return f"How many {color} objects are there?", str(n), "number"
-    a, b = rng.sample(objs, 2)
-    if rng.random() < 0.5:
-        return f"Is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "yes/no"
-    return f"Is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "yes/no"
+    if kind == "spatial":
+        axis = "x" if rng.random() < 0.5 else "y"
+        pairs = [(a, b) for a in objs for b in objs
+                 if a is not b and abs(getattr(a, axis) - getattr(b, axis)) >= a.r + b.r]
+        if pairs:
+            a, b = rng.choice(pairs)
+            if axis == "x":
+                return f"Is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "yes/no"
+            return f"Is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "yes/no"
+    return ask(objs, rng, "existence", size)
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,7 @@ def make_sample(split: str, index: int, seed: int, size: int) -> tuple[dict[str,
     rng = random.Random(f"arrcoc-sample/{seed}/{split}/{index}")
     objs = make_scene(rng, size)
     kind = KINDS[index % len(KINDS)] if split != "train" else rng.choice(KINDS)
-    question, answer, answer_type = ask(objs, rng, kind)
+    question, answer, answer_type = ask(objs, rng, kind, size)
     qid = (0 if split == "train" else 1) * 10**9 + index
     meta = {"question": question, "answers": [answer] * 10, "question_id": qid, "image_id": qid,
             "answer_type": answer_type, "question_type": kind, "scene": [asdict(o) for o in objs]}

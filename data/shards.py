@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import tarfile
+import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 log = logging.getLogger("arrcoc.data")
 
@@ -114,7 +116,7 @@ class ShardWriter:
         validate_meta(meta)
         if self._tar is None:
             name = f"{self.prefix}-{len(self.shards):06d}.tar"
-            self._tmp = self.out_dir / f".{name}.tmp"
+            self._tmp = self.out_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"  # unique: writers may race
             self._tar = tarfile.open(self._tmp, "w")
             self._count = 0
         self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
@@ -132,7 +134,7 @@ class ShardWriter:
 
     def _finish_shard(self) -> None:
         self._tar.close()
-        final = self.out_dir / self._tmp.name[1:-4]
+        final = self.out_dir / f"{self.prefix}-{len(self.shards):06d}.tar"
         os.replace(self._tmp, final)
         self.shards.append({"name": final.name, "samples": self._count})
         self._tar = self._tmp = None
@@ -142,7 +144,7 @@ class ShardWriter:
             self._finish_shard()
         manifest = {"format": "arrcoc-vqa/1", "shards": self.shards,
                     "total": sum(s["samples"] for s in self.shards)}
-        tmp = self.out_dir / f".{MANIFEST}.tmp"
+        tmp = self.out_dir / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.out_dir / MANIFEST)
         return manifest
@@ -232,6 +234,26 @@ def iter_tar(url: str) -> Iterator[RawSample | Skip]:
         yield current
 
 
+def is_sample(raw: RawSample) -> bool:
+    """Whether a key group is a sample at all (has json, an image or features): a stray file such as
+    ``README.txt`` in a shard is not, and takes no sample position."""
+    return any(ext in raw.files for ext in ("json", FEATURE_EXT, "__broken__", *IMAGE_EXTS))
+
+
+def _open_image(data: bytes) -> Image.Image:
+    """Decode an image; refuse decompression bombs; apply EXIF orientation; 16/32-bit to 8-bit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def decode(raw: RawSample) -> dict[str, Any]:
     """RawSample -> dict with ``image`` (PIL) or ``features`` (ndarray), plus the json fields.
 
@@ -251,11 +273,11 @@ def decode(raw: RawSample) -> dict[str, Any]:
     ext = next((e for e in IMAGE_EXTS if e in raw.files), None)
     if ext is not None:
         try:
-            img = Image.open(io.BytesIO(raw.files[ext]))
-            img.load()
+            out["image"] = _open_image(raw.files[ext])
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+            raise BadSample("image_too_large", str(err)) from err
         except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data
             raise BadSample("bad_image", f"{ext}: {err}") from err
-        out["image"] = img
     elif FEATURE_EXT in raw.files:
         try:
             out["features"] = np.load(io.BytesIO(raw.files[FEATURE_EXT]), allow_pickle=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 from braceexpand import braceexpand
 
 from arrcoc.data.shards import read_manifest
+
+log = logging.getLogger("arrcoc.data")
 
 
 @dataclass
@@ -21,8 +25,8 @@ class SourceConfig:
             pattern (``/data/vqav2/train-{000000..000099}.tar``), or a ``pipe:`` command with a brace
             pattern (``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``).
         weight: relative sampling weight when several training sources are mixed.
-        manifest: path of a manifest.json for sources that are not a local directory (optional;
-            validation of such a source without one counts its samples by reading it once).
+        manifest: path of a manifest file for sources that are not a local directory (optional;
+            evaluating a source without one counts its samples by reading it once).
     """
 
     path: str
@@ -50,9 +54,12 @@ def resolve(spec: str | SourceConfig | dict) -> Source:
     if cfg.weight <= 0:
         raise ValueError(f"source {cfg.path!r}: weight={cfg.weight} must be > 0")
     path = os.path.expanduser(cfg.path)
-    manifest = read_manifest(Path(cfg.manifest).parent) if cfg.manifest else None
-    if cfg.manifest and manifest is None:
-        raise FileNotFoundError(f"source {cfg.path!r}: manifest {cfg.manifest!r} does not exist")
+    manifest = None
+    if cfg.manifest:
+        mpath = Path(os.path.expanduser(cfg.manifest))
+        if not mpath.is_file():
+            raise FileNotFoundError(f"source {cfg.path!r}: manifest {cfg.manifest!r} does not exist")
+        manifest = json.loads(mpath.read_text())
 
     if path.startswith("pipe:") or "://" in path:
         urls = list(braceexpand(path))
@@ -65,6 +72,9 @@ def resolve(spec: str | SourceConfig | dict) -> Source:
                 raise FileNotFoundError(f"source {cfg.path!r}: manifest lists shards that are missing: {missing[:3]}")
         else:
             urls = sorted(glob.glob(os.path.join(path, "*.tar")))
+            if urls:
+                log.warning("source %s has no manifest.json (an interrupted conversion?): using the %d shards "
+                            "found; evaluation will count their samples by reading them", cfg.path, len(urls))
     else:
         urls = [u for pattern in braceexpand(path) for u in sorted(glob.glob(pattern))]
     if not urls:
@@ -77,6 +87,34 @@ def resolve(spec: str | SourceConfig | dict) -> Source:
         if all(n in by_name for n in names):
             counts = [by_name[n] for n in names]
     return Source(name=cfg.path, urls=urls, weight=cfg.weight, counts=counts)
+
+
+def count_samples(source: Source) -> Source:
+    """Fill in sample counts by reading every shard once (for sources without a manifest)."""
+    from arrcoc.data.shards import Skip, is_sample, iter_tar
+
+    if source.counts is None:
+        log.warning("counting the samples of %s by reading its %d shards (give a manifest to skip this)",
+                    source.name, len(source.urls))
+        source.counts = [sum(1 for r in iter_tar(u) if not isinstance(r, Skip) and is_sample(r))
+                         for u in source.urls]
+    return source
+
+
+def first_sample(sources: list[Source]) -> dict | None:
+    """The first decodable sample of the first source (what a placeholder should look like)."""
+    from arrcoc.data.shards import BadSample, Skip, decode, is_sample, iter_tar
+
+    for src in sources:
+        for url in src.urls[:3]:
+            for raw in iter_tar(url):
+                if isinstance(raw, Skip) or not is_sample(raw):
+                    continue
+                try:
+                    return decode(raw)
+                except BadSample:
+                    continue
+    return None
 
 
 def split_for(items: list, index: int, parts: int, *, share_if_short: bool) -> list:

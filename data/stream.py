@@ -1,6 +1,6 @@
-"""The streaming datasets: shard list -> split by rank -> split by worker -> read -> decode ->
-(shuffle) -> preprocess -> batch. Batching happens inside each worker (the loader's batch_size is
-None), so every batch a rank yields is full and the batch counts are fixed up front.
+"""The streaming datasets: shard list -> split by rank -> split by worker -> read -> shuffle (raw
+bytes) -> decode -> preprocess -> batch. Batching happens inside each worker (the loader's
+batch_size is None), so every batch a rank yields is full and the batch counts are fixed up front.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from arrcoc.data.shards import BadSample, Skip, decode, iter_tar
+from arrcoc.data.shards import BadSample, RawSample, Skip, decode, is_sample, iter_tar
 from arrcoc.data.sources import Source, split_for
 
 log = logging.getLogger("arrcoc.data")
@@ -43,19 +43,27 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def decode_or_skip(raw: RawSample, skips: SkipCounter) -> dict[str, Any] | None:
+    try:
+        return decode(raw)
+    except BadSample as err:
+        skips(Skip(raw.url, raw.key, err.reason, str(err)))
+        return None
+
+
 def decoded(url: str, skips: SkipCounter) -> Iterator[dict[str, Any] | Skip]:
     """A shard's samples decoded; bad ones come out as :class:`Skip` (and are counted)."""
     for item in iter_tar(url):
         if isinstance(item, Skip):
             skips(item)
             yield item
-            continue
-        try:
-            yield decode(item)
-        except BadSample as err:
-            skip = Skip(url, item.key, err.reason, str(err))
-            skips(skip)
-            yield skip
+        elif is_sample(item):
+            sample = decode_or_skip(item, skips)
+            yield sample if sample is not None else Skip(url, item.key, "bad_sample")
+
+
+def _stats(skips: SkipCounter, rank: int, worker: int, epoch: int) -> dict[str, Any]:
+    return {"worker": (rank, worker, epoch), "skipped": dict(skips.counts)}
 
 
 class TrainStream(IterableDataset):
@@ -63,7 +71,8 @@ class TrainStream(IterableDataset):
 
     Shards are split by the trainer's global rank (not by environment variables), then by worker;
     with fewer shards than ranks (or workers), all of them are shared and resampled with different
-    seeds. Several sources are mixed by weight.
+    seeds. Several sources are mixed by weight. The shuffle buffer holds raw bytes; images are
+    decoded after shuffling.
     """
 
     def __init__(self, sources: list[Source], preprocess: Preprocess, collate: Collate, batch_size: int,
@@ -74,7 +83,7 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.epoch = 0
-        self._iterations = 0
+        self.max_failures = 1000 + 10 * shuffle_buffer  # consecutive unusable samples before giving up
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (what Lightning and progress bars count)."""
@@ -84,23 +93,24 @@ class TrainStream(IterableDataset):
         base, extra = divmod(self.batches_per_rank, num_workers)
         return base + (1 if worker < extra else 0)
 
-    def _samples(self, rng: random.Random, skips: SkipCounter, worker: int, nworkers: int) -> Iterator[dict]:
-        shard_lists = []
+    def _raw(self, rng: random.Random, skips: SkipCounter, worker: int, nworkers: int) -> Iterator[RawSample]:
+        streams = []
         for src in self.sources:
             mine = split_for(src.urls, self.rank, self.world_size, share_if_short=True)
-            shard_lists.append(split_for(mine, worker, nworkers, share_if_short=True))
-        streams = [self._resampled(urls, rng, skips) for urls in shard_lists]
+            streams.append(self._resampled(split_for(mine, worker, nworkers, share_if_short=True), rng, skips))
         weights = [s.weight for s in self.sources]
         while True:
             i = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
             yield next(streams[i])
 
-    def _resampled(self, urls: list[str], rng: random.Random, skips: SkipCounter) -> Iterator[dict]:
+    def _resampled(self, urls: list[str], rng: random.Random, skips: SkipCounter) -> Iterator[RawSample]:
         empty_rounds = 0
         while True:
             got = False
-            for item in decoded(rng.choice(urls), skips):
-                if not isinstance(item, Skip):
+            for item in iter_tar(rng.choice(urls)):
+                if isinstance(item, Skip):
+                    skips(item)
+                elif is_sample(item):
                     got = True
                     yield item
             empty_rounds = 0 if got else empty_rounds + 1
@@ -109,28 +119,37 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, nworkers = _worker()
-        self._iterations += 1
-        rng = random.Random(f"{self.seed}/{self.epoch}/{self._iterations}/{self.rank}/{worker}")
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
         skips = SkipCounter()
-        buffer: list[dict] = []
+        buffer: list[RawSample] = []
         batch: list[dict] = []
         remaining = self.batches_for_worker(worker, nworkers)
-        samples = self._samples(rng, skips, worker, nworkers)
+        raws = self._raw(rng, skips, worker, nworkers)
+        failures = 0
         while remaining > 0:
-            sample = next(samples)
+            raw = next(raws)
             if self.shuffle_buffer > 1:
-                buffer.append(sample)
+                buffer.append(raw)
                 if len(buffer) < self.shuffle_buffer:
                     continue
-                sample = buffer.pop(rng.randrange(len(buffer)))
+                raw = buffer.pop(rng.randrange(len(buffer)))
+            sample = decode_or_skip(raw, skips)
             try:
+                if sample is None:
+                    raise BadSample("undecodable")
                 batch.append(self.preprocess(sample))
+                failures = 0
             except BadSample as err:
-                skips(Skip(sample["__url__"], sample["__key__"], err.reason, str(err)))
+                if sample is not None:
+                    skips(Skip(raw.url, raw.key, err.reason, str(err)))
+                failures += 1
+                if failures > self.max_failures:
+                    raise RuntimeError(f"{failures} samples in a row could not be used (skipped: "
+                                       f"{dict(skips.counts)}); check the training source") from err
                 continue
             if len(batch) == self.batch_size:
                 out = self.collate(batch)
-                out["data_stats"] = {"worker": (self.rank, worker), "skipped": dict(skips.counts)}
+                out["data_stats"] = _stats(skips, self.rank, worker, self.epoch)
                 yield out
                 batch, remaining = [], remaining - 1
 
@@ -141,7 +160,9 @@ class EvalStream(IterableDataset):
     The samples (in shard order, counted by the manifest) are cut into ``world_size`` contiguous
     ranges of equal padded length; each rank's range into contiguous per-worker chunks. A position
     past the end, or a sample that can't be read, yields a placeholder marked ``valid=False`` instead
-    of disappearing, so no rank ever runs short of batches.
+    of disappearing, so no rank ever runs short of batches. Only samples in a worker's own range are
+    decoded. A shard whose sample count differs from its manifest entry is reported
+    (``manifest_mismatch``); its missing positions become placeholders, extra samples are not read.
     """
 
     def __init__(self, sources: list[Source], preprocess: Preprocess, placeholder: Callable[[], dict[str, Any]],
@@ -179,17 +200,22 @@ class EvalStream(IterableDataset):
             lo, hi = max(start, offset), min(stop, offset + count)
             if lo < hi:
                 seen = 0
-                for item in decoded(url, skips):
-                    if isinstance(item, Skip) and item.key == "*":
-                        continue  # an unreadable shard: its positions are filled below
+                for item in iter_tar(url):
+                    if isinstance(item, Skip):
+                        skips(item)
+                        continue
+                    if not is_sample(item):
+                        continue
                     pos = offset + seen
                     seen += 1
-                    if pos >= hi or seen > count:
+                    if pos >= hi:
                         break
                     if pos >= lo:
-                        yield None if isinstance(item, Skip) else item
-                for _ in range(max(lo, offset + seen), hi):  # shard shorter than its manifest says
-                    yield None
+                        yield decode_or_skip(item, skips)
+                if offset + seen < hi:  # the shard holds fewer samples than its manifest says
+                    skips(Skip(url, "*", "manifest_mismatch", f"manifest says {count}, found {seen}"))
+                    for _ in range(max(lo, offset + seen), hi):
+                        yield None
             offset += count
         for _ in range(max(start, self.total), stop):  # padding past the end
             yield None
@@ -215,7 +241,7 @@ class EvalStream(IterableDataset):
 
     def _emit(self, batch: list[dict], skips: SkipCounter, worker: int) -> dict[str, Any]:
         out = self.collate(batch)
-        out["data_stats"] = {"worker": (self.rank, worker), "skipped": dict(skips.counts)}
+        out["data_stats"] = _stats(skips, self.rank, worker, self.epoch)
         return out
 
 
@@ -233,14 +259,13 @@ class EpochDataLoader(DataLoader):
         return super().__iter__()
 
 
-def collect_stats(batch: dict[str, Any], table: dict[tuple[int, int], dict[str, int]]) -> None:
-    """Move a batch's ``data_stats`` into ``table`` (latest cumulative counts per rank and worker)."""
+def collect_stats(batch: dict[str, Any], table: dict[tuple, dict[str, int]]) -> None:
+    """Move a batch's ``data_stats`` into ``table``: the latest cumulative counts per (rank, worker,
+    epoch), so totals add up across epochs."""
     stats = batch.pop("data_stats", None)
     if stats is not None:
         table[tuple(stats["worker"])] = stats["skipped"]
 
 
-def total_skipped(table: dict[tuple[int, int], dict[str, int]]) -> int:
+def total_skipped(table: dict[tuple, dict[str, int]]) -> int:
     return sum(sum(c.values()) for c in table.values())
-
-

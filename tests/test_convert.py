@@ -108,3 +108,12 @@ def test_inspect(tmp_path):
     none = subprocess.run([sys.executable, "-m", "arrcoc.cli", "data", "inspect", str(tmp_path / "absent")],
                           capture_output=True, text=True)
     assert none.returncode == 2 and "absent" in none.stderr
+
+
+def test_bad_shard_size_deletes_nothing(tmp_path, capsys):
+    root = make_vqav2(tmp_path / "vqa")
+    args = ["convert", "vqav2", "--questions", str(root / "q.json"), "--images", str(root / "val2014"),
+            "--out", str(tmp_path / "o")]
+    assert data_main(args) == 0
+    assert data_main(args + ["--overwrite", "--shard-size", "0"]) == 2
+    assert "--shard-size 0" in capsys.readouterr().err and read_manifest(tmp_path / "o")["total"] == 4

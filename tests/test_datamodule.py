@@ -1,5 +1,6 @@
 """The streaming DataModule in one process: batch arithmetic, sources, evaluation coverage, caches."""
 
+import json
 import shutil
 from collections import Counter
 
@@ -7,7 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from shardkit import add_to_manifest, good_meta, write_broken_shard, write_dataset
+from shardkit import add_to_manifest, good_meta, png, write_broken_shard, write_dataset
 
 from arrcoc.callbacks import DataStatsLogger
 from arrcoc.data import model_inputs
@@ -181,3 +182,98 @@ def test_skips_are_logged_as_data_skipped(tmp_path):
     trainer.fit(_Probe(), datamodule=dm)
     assert trainer.callback_metrics["data/skipped"] >= 6  # 6 bad samples per pass over the shard
     assert Counter(dm.skipped_by_reason())["missing_image"] >= 2
+
+
+class _Recorder(_Probe):
+    def __init__(self):
+        super().__init__()
+        self.ids: dict[int, list] = {}
+
+    def training_step(self, batch, idx):
+        self.ids.setdefault(self.current_epoch, []).extend(batch["question_id"])
+        return super().training_step(batch, idx)
+
+
+def test_resume_draws_the_order_an_uninterrupted_run_draws(tmp_path):
+    write_dataset(tmp_path / "d", [12, 12])
+
+    def fit(epochs, ckpt=None, workers=2):
+        dm = VQADataModule(train=str(tmp_path / "d"), batch_size=4, samples_per_epoch=24, num_workers=workers,
+                           shuffle_buffer=4, cache_dir=str(tmp_path / "c"))
+        mod = _Recorder()
+        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=str(tmp_path / "run"),
+                            callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1,
+                                                                            filename="{epoch}")])
+        trainer.fit(mod, datamodule=dm, ckpt_path=ckpt)
+        return mod.ids
+
+    full = fit(2)
+    assert full[0] != full[1]
+    resumed = fit(2, ckpt=str(tmp_path / "ck" / "epoch=0.ckpt"))
+    assert resumed == {1: full[1]}
+
+
+def test_training_gives_up_on_a_source_where_nothing_is_usable(tmp_path):
+    d = tmp_path / "d"
+    with ShardWriter(d, samples_per_shard=50) as w:
+        for i in range(50):
+            w.write(f"k{i}", {"question": "q?", "answers": [], "question_id": i}, image=png(i), image_ext="png")
+    dm = _dm(tmp_path, train=str(d), batch_size=2, samples_per_epoch=4, shuffle_buffer=1)
+    with pytest.raises(RuntimeError, match="could not be used .*no_answer"):
+        list(dm.train_dataloader())
+
+
+def test_feature_placeholders_and_manifest_mismatch(tmp_path):
+    d = tmp_path / "f"
+    with ShardWriter(d, samples_per_shard=100) as w:
+        for i in range(5):
+            w.write(f"f{i}", good_meta(i), features=np.zeros((576, 64), np.float16))
+    add_to_manifest(d, "data-000000.tar", 0)  # listed twice: the second listing finds 5 where 0 are due
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["shards"][0]["samples"] = 7  # claims 7, holds 5
+    manifest["shards"] = manifest["shards"][:1]
+    manifest["total"] = 7
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    dm = _dm(tmp_path, val=str(d), eval_batch_size=4)
+    batches = list(dm.val_dataloader())
+    assert all("patch_features" in b and "pixel_values" not in b for b in batches)
+    assert sum(len(b["question_id"]) for b in batches) == 7 and len(_ids(batches)) == 5
+    assert batches[-1]["data_stats"]["skipped"] == {"manifest_mismatch": 1}
+
+
+def test_stray_files_take_no_sample_position(tmp_path):
+    import tarfile
+
+    from shardkit import add_member
+
+    d = tmp_path / "d"
+    write_dataset(d, [4])
+    with tarfile.open(d / "data-000000.tar", "a") as tar:
+        add_member(tar, "README.txt", b"not a sample")
+    dm = _dm(tmp_path, val=str(d), eval_batch_size=2)
+    assert sorted(_ids(dm.val_dataloader())) == [0, 1, 2, 3]
+
+
+def test_evaluation_decodes_only_its_own_range(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    write_broken_shard(d / "data-000000.tar", str(tmp_path / "m"))
+    (d / "manifest.json").write_text(json.dumps({"shards": [{"name": "data-000000.tar", "samples": 10}],
+                                                 "total": 10}))
+    dm = _dm(tmp_path, val=str(d), eval_batch_size=3, num_workers=2)
+    last = {}
+    for b in dm.val_dataloader():
+        last[tuple(b["data_stats"]["worker"])] = sum(b["data_stats"]["skipped"].values())
+    assert sum(last.values()) == 6  # each bad sample counted once, by the worker that owns it
+
+
+def test_explicit_manifest_file_for_a_brace_pattern(tmp_path):
+    d = tmp_path / "d"
+    write_dataset(d, [3, 2])
+    (d / "manifest.json").rename(d / "val-manifest.json")
+    src = SourceConfig(f"{d}/data-{{000000..000001}}.tar", manifest=str(d / "val-manifest.json"))
+    dm = _dm(tmp_path, val=[src], eval_batch_size=2)
+    assert dm.sources["val"][0].counts == [3, 2] and sorted(_ids(dm.val_dataloader())) == list(range(5))
+    dm = _dm(tmp_path, val=f"{d}/data-{{000000..000001}}.tar", eval_batch_size=2)  # no manifest: counted
+    assert sorted(_ids(dm.val_dataloader())) == list(range(5))

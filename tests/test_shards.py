@@ -112,3 +112,37 @@ def test_img2dataset_style_tar_is_readable(tmp_path):
 def test_majority_answer():
     assert majority_answer(["b", "a", "a", "b", "c"]) == "b"  # tie: first seen
     assert majority_answer(["x"] * 3 + ["y"] * 7) == "y" and majority_answer([]) == ""
+
+
+def _raw_image(img, fmt="png", **save):
+    import io
+
+    from arrcoc.data.shards import RawSample
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return RawSample("k", "u", {"json": json.dumps(good_meta(0)).encode(), fmt: buf.getvalue()})
+
+
+def test_16_bit_and_exif_orientation():
+    from PIL import Image
+
+    ramp = Image.fromarray((np.arange(256 * 4, dtype=np.uint16).reshape(4, 256) * 64).astype(np.uint16))
+    img = decode(_raw_image(ramp))["image"]
+    assert img.mode == "L" and 250 <= np.asarray(img).max() <= 255 and np.asarray(img).min() == 0
+
+    base = Image.new("RGB", (40, 20), (0, 0, 0))
+    base.paste((255, 0, 0), (0, 0, 10, 20))  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    out = np.asarray(decode(_raw_image(base, "jpeg", exif=exif))["image"])
+    assert out[10, 35, 0] > 200 and out[10, 2, 0] < 60  # red is on the right once orientation is applied
+
+
+def test_decompression_bombs_are_skipped(monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for side in (40, 100):  # 1.6x the limit (a warning in PIL) and 10x (an error)
+        with pytest.raises(BadSample, match="image_too_large"):
+            decode(_raw_image(Image.new("L", (side, side))))

@@ -1,0 +1,265 @@
+"""The shared base of the training phases: one LightningModule per phase, each a small subclass.
+
+Contract for a phase (subclass :class:`PhaseModule`):
+
+* ``trainable``: the model components (names from ``ARRCOCModel.components()``) that learn; the
+  rest are frozen at construction, so DDP and DeepSpeed only ever see the trainable set.
+* ``full_tokens``: whether the phase runs with allocation off (all patches).
+* ``default_lr``: learning rate per trainable component (overridable with ``lr``).
+* ``compute_losses(inputs, out)``: returns a dict with ``loss`` (what is optimised) and any parts
+  to log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from arrcoc.data.collate import model_inputs
+from arrcoc.language_model import TINY_LM
+from arrcoc.metrics import BudgetHistogram, ExactMatch, VQAAccuracy
+from arrcoc.model import ARRCOCModel, ARRCOCOutput
+
+log = logging.getLogger("arrcoc.train")
+
+
+class PhaseModule(L.LightningModule):
+    """One training phase of an :class:`ARRCOCModel`.
+
+    Args:
+        model: the architecture (in YAML: ``ARRCOCModel``'s arguments under ``model``).
+        init_from: weights of the previous phase (a Lightning checkpoint, or a state dict such as the
+            consolidated DeepSpeed file). Says which components it loaded and which it left at init.
+            To resume *this* phase use ``--ckpt_path`` instead.
+        lr: learning rate per component, e.g. ``{projector: 1e-3, llm: 2e-5}``; components the phase
+            trains and ``lr`` omits get the phase's default.
+        weight_decay: AdamW weight decay on matrices (not on norms and biases).
+        warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio`` of each group's rate.
+        train_llm: whether the LLM learns where the phase allows it; default: only the tiny preset
+            (its LLM starts random), never a pretrained one.
+        max_new_tokens: answer length for greedy decoding in validation, test and predict.
+        eval_full_tokens: in validation and test, also answer with all patches (the baseline).
+        max_nan_steps: consecutive non-finite losses tolerated (each step skipped on every rank);
+            one more saves a checkpoint and stops the run.
+    """
+
+    trainable: ClassVar[tuple[str, ...]] = ()
+    full_tokens: ClassVar[bool] = False
+    default_lr: ClassVar[dict[str, float]] = {}
+
+    def __init__(
+        self,
+        model: ARRCOCModel,
+        init_from: str | None = None,
+        lr: dict[str, float] | None = None,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        train_llm: bool | None = None,
+        max_new_tokens: int = 8,
+        eval_full_tokens: bool = False,
+        max_nan_steps: int = 10,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        unknown = set(lr or {}) - set(model.components())
+        if unknown:
+            raise ValueError(f"lr has unknown components {sorted(unknown)}; valid: {sorted(model.components())}")
+        if init_from is not None:
+            self.load_report = load_weights(model, init_from)
+        self.train_llm = (model.llm.name == TINY_LM) if train_llm is None else train_llm
+        self.model.full_tokens = self.full_tokens
+        self._freeze()
+        self.val_acc, self.val_exact, self.val_acc_full = VQAAccuracy(), ExactMatch(), VQAAccuracy()
+        self.val_hist = BudgetHistogram(max_tokens=model.encoder.num_patches)
+        self._nan_steps = 0
+        self._t_last: float | None = None
+
+    # ------------------------------------------------------------------ what learns
+    def trainable_components(self) -> list[str]:
+        return [c for c in self.trainable if c in self.model.components() and (c != "llm" or self.train_llm)]
+
+    def _freeze(self) -> None:
+        train = set(self.trainable_components())
+        for name, module in self.model.components().items():
+            module.requires_grad_(name in train)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One AdamW group per trainable component (two where weight decay splits it); extra groups
+        registered by callbacks (``self.extra_param_groups``) are appended."""
+        lrs = {**self.default_lr, **(self.hparams.lr or {})}
+        groups = []
+        for name in self.trainable_components():
+            params = [p for p in self.model.components()[name].parameters() if p.requires_grad]
+            decay = [p for p in params if p.ndim >= 2]
+            no_decay = [p for p in params if p.ndim < 2]
+            base = lrs.get(name, 1e-4)
+            for ps, wd in ((decay, self.hparams.weight_decay), (no_decay, 0.0)):
+                if ps:
+                    groups.append({"params": ps, "name": name, "base_lr": base, "lr": base, "scale": 1.0,
+                                   "weight_decay": wd})
+        groups += getattr(self, "extra_param_groups", [])
+        return groups
+
+    def configure_optimizers(self):
+        groups = self.param_groups()
+        if not groups:
+            raise ValueError(f"{type(self).__name__}: nothing to train (trainable: {self.trainable})")
+        return torch.optim.AdamW(groups, betas=(0.9, 0.98))
+
+    def lr_factor(self, step: int) -> float:
+        """Warm-up then cosine decay, as a factor of each group's base rate."""
+        warm = self.hparams.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        total = max(int(self.trainer.estimated_stepping_batches), warm + 1)
+        progress = min((step - warm) / max(total - warm, 1), 1.0)
+        floor = self.hparams.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        factor = self.lr_factor(self.global_step)
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * group.get("scale", 1.0) * factor
+
+    # ------------------------------------------------------------------ losses
+    def compute_losses(self, inputs: dict[str, Any], out: ARRCOCOutput) -> dict[str, Tensor]:
+        losses = {"loss": out.loss, "lm_loss": out.lm_loss}
+        if not self.model.full_tokens:
+            losses["budget_loss"] = out.budget_loss
+        return losses
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        inputs = model_inputs(batch)
+        out = self.model(**inputs, return_logits=False)
+        losses = self.compute_losses(inputs, out)
+        loss = losses["loss"]
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # skip on every rank together, or DDP would hang
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            return self._skip_non_finite()
+        self._nan_steps = 0
+        n = len(batch["input_ids"])
+        vt = out.allocation.visual_tokens.float()
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=n)
+        self.log("train/visual_tokens", vt.mean(), prog_bar=True, batch_size=n)
+        now = time.perf_counter()
+        if self._t_last is not None:
+            dt = now - self._t_last
+            self.log("perf/samples_per_s", n / dt, batch_size=n)
+            self.log("perf/visual_tokens_per_s", float(vt.sum()) / dt, batch_size=n)
+        self._t_last = now
+        return loss
+
+    def _skip_non_finite(self) -> None:
+        self._nan_steps += 1
+        self.log("train/skipped_nan_steps", float(self._nan_steps))
+        log.warning("non-finite loss at step %d: step skipped (%d in a row)", self.global_step, self._nan_steps)
+        if self._nan_steps > self.hparams.max_nan_steps:
+            path = Path(self.trainer.default_root_dir) / f"nan-stop-step{self.global_step}.ckpt"
+            self.trainer.save_checkpoint(path)
+            self.trainer.should_stop = True
+            raise RuntimeError(f"{self._nan_steps} non-finite losses in a row (max_nan_steps="
+                               f"{self.hparams.max_nan_steps}); stopped, checkpoint saved to {path}")
+        return None
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: dict[str, Any], prefix: str) -> None:
+        inputs = model_inputs(batch)
+        n, valid = len(batch["input_ids"]), batch["valid"]
+        out = self.model(**inputs, return_logits=False)
+        if out.loss is not None and bool(valid.any()):
+            self.log(f"{prefix}/loss", out.loss, batch_size=n, sync_dist=True)
+        gen = self.model.generate(**inputs, max_new_tokens=self.hparams.max_new_tokens)
+        self.val_acc.update(gen.texts, batch["answers"], valid)
+        self.val_exact.update(gen.texts, batch["answers"], valid)
+        vt = gen.allocation.visual_tokens.float()
+        self.val_hist.update(gen.allocation.budget, valid)
+        if bool(valid.any()):
+            self.log(f"{prefix}/visual_tokens", vt[valid].mean(), batch_size=int(valid.sum()), sync_dist=True)
+            self.log(f"{prefix}/visual_tokens_max", vt[valid].max(), reduce_fx="max", sync_dist=True)
+            self.log(f"{prefix}/visual_tokens_min", vt[valid].min(), reduce_fx="min", sync_dist=True)
+        self.log(f"{prefix}/acc", self.val_acc, batch_size=n, prog_bar=True)
+        self.log(f"{prefix}/exact_match", self.val_exact, batch_size=n)
+        if self.hparams.eval_full_tokens and not self.full_tokens:
+            full = self.model.generate(**inputs, full_tokens=True, max_new_tokens=self.hparams.max_new_tokens)
+            self.val_acc_full.update(full.texts, batch["answers"], valid)
+            self.log(f"{prefix}/acc_full_tokens", self.val_acc_full, batch_size=n)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_histogram("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_histogram("test")
+
+    def _log_histogram(self, prefix: str) -> None:
+        counts = self.val_hist.compute()
+        if self.trainer.is_global_zero and int(counts.sum()) > 0:
+            edges = self.val_hist.edges()
+            text = ", ".join(f"{int(edges[i])}-{int(edges[i + 1])}: {int(c)}" for i, c in enumerate(counts) if c)
+            log.info("%s budget histogram: %s", prefix, text)
+        self.val_hist.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        gen = self.model.generate(**model_inputs(batch), max_new_tokens=self.hparams.max_new_tokens)
+        vt = gen.allocation.visual_tokens
+        return [{"question_id": batch["question_id"][i], "question": batch["question"][i],
+                 "prediction": gen.texts[i], "budget": int(gen.allocation.budget[i]),
+                 "visual_tokens": int(vt[i])}
+                for i in range(len(gen.texts)) if bool(batch["valid"][i])]
+
+
+def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
+    """Load a previous phase's weights into ``model``; returns {component: loaded|partial|init}.
+
+    Accepts a Lightning checkpoint (``state_dict`` with ``model.`` prefixes) or a plain state dict.
+    A missing file, or a tensor whose shape does not match, is a clear error naming it.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"init_from={path!r} does not exist (give the previous phase's checkpoint)")
+    blob = torch.load(file, map_location="cpu", weights_only=True)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"init_from={path!r} holds no state dict")
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
+           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"init_from={path!r} does not match this architecture: " + "; ".join(bad[:5]))
+    unexpected = sorted(k for k in state if k not in own)
+    if unexpected:
+        raise ValueError(f"init_from={path!r} has weights this model lacks: {unexpected[:5]}"
+                         + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+    report = {}
+    for name, module in model.components().items():
+        keys = [f"{_prefix(model, module)}{k}" for k in module.state_dict()]
+        hit = sum(k in state for k in keys)
+        report[name] = "loaded" if hit == len(keys) else ("init" if hit == 0 else f"partial ({hit}/{len(keys)})")
+    log.info("init_from %s: %s", path, ", ".join(f"{k} {v}" for k, v in report.items()))
+    return report
+
+
+def _prefix(model: nn.Module, module: nn.Module) -> str:
+    for name, mod in model.named_modules():
+        if mod is module:
+            return f"{name}." if name else ""
+    raise KeyError("component not found in model")

@@ -1,0 +1,1 @@
+"""Training entry points: the LightningCLI behind ``arrcoc fit|validate|test|predict``."""
