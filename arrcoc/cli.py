@@ -13,6 +13,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: arrcoc <command> [options]\n\ncommands:")
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if name in LIGHTNING:
         from arrcoc.train.cli import main as lightning_main
 
-        return lightning_main(argv)
+        return lightning_main(argv if explicit else None)
     if name not in COMMANDS:
         valid = ", ".join(list(LIGHTNING) + list(COMMANDS))
         print(f"arrcoc: unknown command {name!r}; valid: {valid}", file=sys.stderr)

@@ -1,10 +1,11 @@
-"""Training callbacks (``arrcoc.callbacks``).
+"""Training callbacks (``arrcoc.callbacks``): encoder freezing/unfreezing, token-budget annealing,
+DeepSpeed sharding, skipped-data logging, and the prediction writer."""
 
-Now: :class:`DataStatsLogger` (skipped-sample counts). With the training phases: encoder
-freezing/unfreezing, token-budget annealing and DeepSpeed sharding; the model already exposes what
-they act on: ``VisionEncoder.blocks()``, ``TokenAllocator.set_budget()`` and ``ARRCOCModel.components()``.
-"""
-
+from arrcoc.callbacks.budget import BudgetAnnealing
 from arrcoc.callbacks.data_stats import DataStatsLogger
+from arrcoc.callbacks.deepspeed import DeepSpeedSharding, deepspeed_strategy
+from arrcoc.callbacks.freezing import EncoderFreezing, Unfreeze, parameter_table
+from arrcoc.callbacks.predictions import PredictionWriter
 
-__all__ = ["DataStatsLogger"]
+__all__ = ["BudgetAnnealing", "DataStatsLogger", "DeepSpeedSharding", "EncoderFreezing", "PredictionWriter",
+           "Unfreeze", "deepspeed_strategy", "parameter_table"]

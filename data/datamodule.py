@@ -95,6 +95,7 @@ class VQADataModule(L.LightningDataModule):
         self.sources: dict[str, list[Source]] = {}
         self.skip_tables: dict[str, dict] = {"train": {}, "eval": {}}
         self._epochs = 0
+        self._resume: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ set-up
     def prepare_data(self) -> None:
@@ -169,8 +170,8 @@ class VQADataModule(L.LightningDataModule):
             raise ValueError(f"data.{split} is not set: give shard paths (or sample_task for train/val)")
         return self.sources[split]
 
-    def _loader(self, stream: IterableDataset, epoch_fn) -> EpochDataLoader:
-        return EpochDataLoader(stream, epoch_fn, num_workers=self.num_workers,
+    def _loader(self, stream: IterableDataset, epoch_fn, skip_fn=None) -> EpochDataLoader:
+        return EpochDataLoader(stream, epoch_fn, skip_fn, num_workers=self.num_workers,
                                persistent_workers=False, pin_memory=False)
 
     def _epoch(self) -> int:
@@ -182,13 +183,34 @@ class VQADataModule(L.LightningDataModule):
         return self._epochs - 1
 
     def train_dataloader(self) -> EpochDataLoader:
-        return self._loader(self.train_stream(), self._epoch)
+        return self._loader(self.train_stream(), self._epoch, self._skip)
+
+    def _skip(self, epoch: int) -> int:
+        """Batches to replay-and-drop: those of the resumed epoch that were trained before the checkpoint."""
+        resume, self._resume = self._resume, None
+        return resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the data: saved in checkpoints so a mid-epoch resume continues the
+        epoch's order instead of restarting it."""
+        if self.trainer is None or not self.trainer.training:
+            return {}
+        loop = self.trainer.fit_loop
+        return {"epoch": int(loop.epoch_progress.current.processed),
+                "batches": int(loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state) if state else None
 
     def val_dataloader(self) -> EpochDataLoader:
         return self._eval_loader("val")
 
     def test_dataloader(self) -> EpochDataLoader:
         return self._eval_loader("test")
+
+    def predict_dataloader(self) -> EpochDataLoader:
+        """``predict`` reads the test split, or the validation split where no test split is set."""
+        return self._eval_loader("test" if self.specs.get("test") is not None else "val")
 
     def _eval_loader(self, split: str) -> EpochDataLoader:
         return self._loader(self.eval_stream(split), lambda: 0)

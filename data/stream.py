@@ -83,6 +83,7 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.epoch = 0
+        self.skip_batches = 0  # batches of this epoch already trained on (a mid-epoch resume)
         self.max_failures = 1000 + 10 * shuffle_buffer  # consecutive unusable samples before giving up
 
     def __len__(self) -> int:
@@ -124,6 +125,8 @@ class TrainStream(IterableDataset):
         buffer: list[RawSample] = []
         batch: list[dict] = []
         remaining = self.batches_for_worker(worker, nworkers)
+        # The loader takes batches from workers in turn: batch i comes from worker i % nworkers.
+        to_skip = len(range(worker, min(self.skip_batches, self.batches_per_rank), nworkers))
         raws = self._raw(rng, skips, worker, nworkers)
         failures = 0
         while remaining > 0:
@@ -148,9 +151,12 @@ class TrainStream(IterableDataset):
                                        f"{dict(skips.counts)}); check the training source") from err
                 continue
             if len(batch) == self.batch_size:
-                out = self.collate(batch)
-                out["data_stats"] = _stats(skips, self.rank, worker, self.epoch)
-                yield out
+                if to_skip > 0:  # replayed exactly (same reads, same RNG draws), then dropped
+                    to_skip -= 1
+                else:
+                    out = self.collate(batch)
+                    out["data_stats"] = _stats(skips, self.rank, worker, self.epoch)
+                    yield out
                 batch, remaining = [], remaining - 1
 
 
@@ -250,12 +256,15 @@ class EpochDataLoader(DataLoader):
     ``set_epoch`` from Lightning), so every epoch draws a new shard order, and a resumed run the
     same order it would have drawn."""
 
-    def __init__(self, dataset: IterableDataset, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(self, dataset: IterableDataset, epoch_fn: Callable[[], int],
+                 skip_fn: Callable[[int], int] | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_fn = epoch_fn
+        self._epoch_fn, self._skip_fn = epoch_fn, skip_fn
 
     def __iter__(self):
         self.dataset.epoch = self._epoch_fn()
+        if self._skip_fn is not None:
+            self.dataset.skip_batches = self._skip_fn(self.dataset.epoch)
         return super().__iter__()
 
 

@@ -7,6 +7,7 @@ override reaches every key that interpolates it.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from jsonargparse import set_parsing_settings
@@ -26,7 +27,14 @@ class ARRCOCCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line)."""
+    logger = logging.getLogger("arrcoc")
+    if not logger.handlers:  # arrcoc's own reports (init_from, parameter table, skips) reach the console
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[arrcoc] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     ARRCOCCLI(
         model_class=PhaseModule,

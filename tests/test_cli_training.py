@@ -1,0 +1,169 @@
+"""The training CLI through subprocesses: each phase from its YAML, the init_from hand-off, resume,
+predict, --print_config, and errors that name what is wrong."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--data.sample_task.train", "96",
+        "--data.sample_task.val", "24", "--data.samples_per_epoch", "96", "--data.num_workers", "0",
+        "--data.batch_size", "8", "--data.eval_batch_size", "12", "--trainer.log_every_n_steps", "1"]
+
+
+def arrcoc(*args, cwd=ROOT, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = subprocess.run([sys.executable, "-m", "arrcoc.cli", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    return out
+
+
+def state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Phase 1 -> 2 -> 3 on the sample task, a few steps each, each phase starting from the last."""
+    tmp = tmp_path_factory.mktemp("chain")
+    cache = ["--data.cache_dir", str(tmp / "cache")]
+    runs = {}
+    for phase in (1, 2, 3):
+        extra = [] if phase == 1 else ["--model.init_args.init_from", str(runs[phase - 1] / "checkpoints/last.ckpt")]
+        run_dir = tmp / f"phase{phase}"
+        out = arrcoc("fit", "--config", f"configs/phase{phase}.yaml", *TINY, *cache,
+                     "--trainer.default_root_dir", str(run_dir), *extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[phase] = run_dir
+        runs[f"log{phase}"] = out.stderr + out.stdout
+    runs["cache"] = tmp / "cache"
+    return runs
+
+
+def test_each_phase_trains_what_it_should(chain):
+    p1, p2, p3 = (state(chain[i] / "checkpoints/last.ckpt") for i in (1, 2, 3))
+    init = {}
+    torch.manual_seed(0)
+    # phase 2 left the projector and LLM exactly as phase 1 handed them over, and trained the scorers
+    assert torch.equal(p2["model.projector.0.weight"], p1["model.projector.0.weight"])
+    assert torch.equal(p2["model.llm.model.model.layers.0.mlp.up_proj.weight"],
+                       p1["model.llm.model.model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(p2["model.scorers.2.query.weight"], p1["model.scorers.2.query.weight"])
+    # phase 1 ran with all tokens: the allocation modules were frozen and unused
+    assert torch.equal(p1["model.allocator.head.1.weight"], p2["model.allocator.head.1.weight"]) is False
+    # phase 3 trained both the allocation and the projector
+    assert not torch.equal(p3["model.projector.0.weight"], p2["model.projector.0.weight"])
+    assert not torch.equal(p3["model.allocator.head.1.weight"], p2["model.allocator.head.1.weight"])
+    # the encoder never changed
+    assert all(torch.equal(p3[k], p1[k]) for k in p1 if k.startswith("model.encoder."))
+    assert "init_from" in chain["log2"] and "projector loaded" in chain["log2"]
+    del init
+
+
+def test_init_from_loads_the_previous_phase_exactly(chain, tmp_path):
+    from arrcoc.model import ARRCOCModel
+    from arrcoc.phases import RelevancePhase
+
+    ckpt = chain[1] / "checkpoints/last.ckpt"
+    phase = RelevancePhase(ARRCOCModel(), init_from=str(ckpt))
+    p1 = state(ckpt)
+    for k, v in phase.state_dict().items():
+        if k in p1:
+            assert torch.equal(v, p1[k]), k
+    assert phase.load_report["projector"] == "loaded"
+
+
+def test_metrics_are_logged(chain):
+    rows = list(csv.DictReader(open(next((chain[2] / "logs").rglob("metrics.csv")))))
+    keys = set().union(*(r.keys() for r in rows))
+    for key in ("train/loss", "train/lm_loss", "train/budget_loss", "train/distill", "train/visual_tokens",
+                "budget/target", "val/acc", "val/exact_match", "val/visual_tokens", "val/acc_full_tokens",
+                "perf/samples_per_s", "perf/visual_tokens_per_s"):
+        assert key in keys, key
+    targets = [float(r["budget/target"]) for r in rows if r.get("budget/target")]
+    assert targets[0] == 576 and targets == sorted(targets, reverse=True)  # annealing down from 576
+
+
+def test_resume_continues_step_optimizer_and_budget_schedule(chain, tmp_path):
+    cache = ["--data.cache_dir", str(chain["cache"])]
+    init = ["--model.init_args.init_from", str(chain[1] / "checkpoints/last.ckpt")]
+    every = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+             "--trainer.callbacks.dirpath", str(tmp_path / "every"), "--trainer.callbacks.every_n_train_steps", "1",
+             "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.filename", "{step}"]
+    base = ["fit", "--config", "configs/phase2.yaml", *TINY, *cache, *init]
+    full = arrcoc(*base, "--trainer.default_root_dir", str(tmp_path / "full"), *every)
+    assert full.returncode == 0, full.stderr[-3000:]
+    resumed = arrcoc(*base, "--trainer.default_root_dir", str(tmp_path / "resumed"),
+                     "--ckpt_path", str(tmp_path / "every" / "step=2.ckpt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ck = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 4
+    annealing = [v for k, v in ck["callbacks"].items() if k.startswith("BudgetAnnealing")][0]
+    assert annealing["step"] == 3
+    rows = list(csv.DictReader(open(next((tmp_path / "resumed" / "logs").rglob("metrics.csv")))))
+    steps = sorted({int(r["step"]) for r in rows if r.get("train/loss")})
+    assert steps and steps[0] >= 2, "the resumed run continues the step count"
+    assert ck["optimizer_states"][0]["state"][0]["step"] == 4  # the optimizer continued, not restarted
+    # same data order, same optimizer state, same schedule: the weights match the uninterrupted run
+    ref = state(tmp_path / "every" / "step=4.ckpt")
+    res = state(tmp_path / "resumed/checkpoints/last.ckpt")
+    for key in ("model.scorers.2.query.weight", "model.allocator.head.1.weight", "model.balancer.net.1.weight"):
+        assert torch.allclose(res[key], ref[key], atol=1e-6), key
+
+
+def test_predict_writes_predictions_and_vqa_results(chain, tmp_path):
+    out = arrcoc("predict", "--config", "configs/phase3.yaml", *TINY, "--data.cache_dir", str(chain["cache"]),
+                 "--model.init_args.init_from", str(chain[3] / "checkpoints/last.ckpt"),
+                 "--trainer.default_root_dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [yaml.safe_load(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and {"question_id", "question", "prediction", "budget", "visual_tokens"} <= set(rows[0])
+    assert all(64 <= r["budget"] <= 400 for r in rows)
+    results = yaml.safe_load((tmp_path / "vqa_results.json").read_text())
+    assert [r["question_id"] for r in results] == [r["question_id"] for r in rows]
+    assert set(results[0]) == {"question_id", "answer"}
+
+
+@pytest.mark.parametrize("configs", [["configs/phase1.yaml"], ["configs/phase2.yaml"], ["configs/phase3.yaml"],
+                                     ["configs/phase1.yaml", "configs/presets/eva02-l-qwen2.5-1.5b.yaml"],
+                                     ["configs/phase3.yaml", "configs/presets/eva02-l-qwen2.5-1.5b.yaml",
+                                      "configs/presets/deepspeed.yaml"]],
+                         ids=lambda c: "+".join(Path(x).stem for x in c))
+def test_print_config_round_trips(configs, tmp_path):
+    args = [a for c in configs for a in ("--config", c)]
+    first = arrcoc("fit", *args, "--print_config")
+    assert first.returncode == 0, first.stderr[-3000:]
+    # DeepSpeed prints its accelerator detection to stdout when imported on a CPU-only machine
+    printed = "\n".join(line for line in first.stdout.splitlines() if not line.startswith("[20"))
+    (tmp_path / "c.yaml").write_text(printed)
+    second = arrcoc("fit", "--config", str(tmp_path / "c.yaml"), "--print_config")
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = "\n".join(line for line in second.stdout.splitlines() if not line.startswith("[20"))
+    assert yaml.safe_load(again) == yaml.safe_load(printed)
+
+
+def test_interpolation_follows_overrides():
+    out = arrcoc("fit", "--config", "configs/phase1.yaml", "--trainer.default_root_dir", "/x/y", "--print_config")
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "/x/y/checkpoints"
+    assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == "/x/y"
+
+
+def test_errors_name_the_problem(tmp_path):
+    bad_key = arrcoc("fit", "--config", "configs/phase1.yaml", "--model.init_args.lrr", "3")
+    assert bad_key.returncode != 0 and "lrr" in bad_key.stderr
+    bad_type = arrcoc("fit", "--config", "configs/phase1.yaml", "--data.batch_size", "many")
+    assert bad_type.returncode != 0 and "data.batch_size" in bad_type.stderr
+    no_ckpt = arrcoc("fit", "--config", "configs/phase1.yaml", "--ckpt_path", str(tmp_path / "none.ckpt"))
+    assert no_ckpt.returncode != 0 and "none.ckpt" in no_ckpt.stderr
+    no_init = arrcoc("fit", "--config", "configs/phase2.yaml", "--model.init_args.init_from", str(tmp_path / "x.ckpt"))
+    assert no_init.returncode != 0 and "init_from=" in no_init.stderr and "x.ckpt" in no_init.stderr
+    no_data = arrcoc("fit", "--config", "configs/phase1.yaml", "--data.sample_task", "null", "--data.train",
+                     str(tmp_path / "missing-shards"), "--trainer.max_steps", "1")
+    assert no_data.returncode != 0 and "missing-shards" in no_data.stderr
