@@ -28,8 +28,9 @@ class DroppedTokenSummary(nn.Module):
         rows = torch.arange(h).repeat_interleave(w) * grid // h  # [N]
         cols = torch.arange(w).repeat(h) * grid // w  # [N]
         region = rows * grid + cols  # [N] region id of each patch
-        self.register_buffer("region_onehot", nn.functional.one_hot(region, grid * grid).T.bool(),
-                             persistent=False)  # [R, N]
+        # Built with plain row-major strides: DDP's buffer broadcast rejects a transposed view.
+        onehot = torch.arange(grid * grid).unsqueeze(1) == region.unsqueeze(0)  # [R, N]
+        self.register_buffer("region_onehot", onehot, persistent=False)
         self.region_embed = nn.Parameter(0.02 * torch.randn(grid * grid, dim))
 
     @property

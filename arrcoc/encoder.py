@@ -97,7 +97,7 @@ class VisionEncoder(nn.Module):
         self.transform: Callable = preprocess  # PIL image (any size, any mode) -> [3, S, S]
         del clip
 
-        num_blocks = len(self.blocks())
+        num_blocks = len(self._all_blocks())
         if not -num_blocks <= layer < num_blocks:
             raise ValueError(
                 f"encoder.layer={layer} is out of range for {name} with {num_blocks} blocks; "
@@ -131,11 +131,15 @@ class VisionEncoder(nn.Module):
         super().train(mode and not self.frozen)
         return self
 
-    def blocks(self) -> nn.ModuleList:
-        """The transformer blocks, input to output: what a freezing schedule unfreezes from the top."""
+    def _all_blocks(self) -> nn.ModuleList:
         if hasattr(self.visual, "trunk"):  # timm-based towers (EVA02, SigLIP, ...)
             return self.visual.trunk.blocks
         return self.visual.transformer.resblocks  # open_clip's own VisionTransformer
+
+    def blocks(self) -> nn.ModuleList:
+        """The blocks that produce the features, input to output (up to and including ``layer``):
+        what a freezing schedule unfreezes from the top. Blocks above ``layer`` never run."""
+        return self._all_blocks()[: self.layer + 1]
 
     def _forward_tokens(self, pixels: Tensor) -> EncoderOutput:
         out = self.visual.forward_intermediates(

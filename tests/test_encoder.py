@@ -55,7 +55,7 @@ def test_eva02_l_14_336_without_weights():
     """The real preset's architecture: 24x24 = 576 patch tokens of width 1024 (random weights)."""
     enc = VisionEncoder("EVA02-L-14-336", pretrained=None)
     assert enc.grid == (24, 24) and enc.num_patches == 576 and enc.width == 1024 and enc.has_cls
-    assert enc.image_size == (336, 336) and len(enc.blocks()) == 24
+    assert enc.image_size == (336, 336) and len(enc.blocks()) == 23  # layer -2: the last block never runs
     with torch.no_grad():
         out = enc(torch.randn(1, 3, 336, 336))
     assert out.patches.shape == (1, 24, 24, 1024) and out.cls.shape == (1, 1024)

@@ -1,0 +1,125 @@
+"""Budget annealing, encoder freezing (its DDP test is in test_ddp_freezing.py), DeepSpeed sharding
+config, and the non-finite-loss guard."""
+
+import types
+
+import lightning as L
+import pytest
+import torch
+
+from arrcoc.callbacks import BudgetAnnealing, DeepSpeedSharding, EncoderFreezing, Unfreeze, deepspeed_strategy
+from arrcoc.callbacks.freezing import parameter_table
+from arrcoc.model import ARRCOCModel
+from arrcoc.phases import AlignPhase, RelevancePhase
+
+
+def test_budget_annealing_schedule_and_state():
+    lin = BudgetAnnealing(start=576, end=198, steps=100, mode="linear", start_max=576, end_max=400)
+    assert lin.values(0) == {"target": 576, "min": None, "max": 576}
+    assert lin.values(50)["target"] == pytest.approx(387) and lin.values(50)["max"] == pytest.approx(488)
+    assert lin.values(500)["target"] == 198
+    cos = BudgetAnnealing(start=576, end=198, steps=100)
+    assert cos.values(25)["target"] > lin.values(25)["target"]  # cosine starts slowly
+    cos.step = 40
+    fresh = BudgetAnnealing(start=576, end=198, steps=100)
+    fresh.load_state_dict(cos.state_dict())
+    assert fresh.step == 40
+    with pytest.raises(ValueError, match="mode='step'"):
+        BudgetAnnealing(mode="step")
+
+
+def test_budget_annealing_moves_the_allocator():
+    model = ARRCOCModel()
+    ann = BudgetAnnealing(start=576, end=198, steps=10, start_max=576, end_max=400, mode="linear")
+    module = types.SimpleNamespace(model=model)
+    assert ann._apply(module) == {"target": 576, "min": 64, "max": 576}
+    assert model.allocator.bounds.tolist() == [64, 576]
+    ann.step = 10
+    ann._apply(module)
+    assert model.allocator.bounds.tolist() == [64, 400] and model.allocator.target_tokens == 198
+
+
+def test_freezing_validation_and_table():
+    with pytest.raises(ValueError, match="unit='batch'"):
+        EncoderFreezing(unit="batch")
+    phase = AlignPhase(ARRCOCModel())
+    table = parameter_table(phase)
+    assert table.splitlines()[0].split() == ["component", "trainable", "total"]
+    rows = {r.split()[0]: r.split()[1:] for r in table.splitlines()[1:]}
+    assert rows["encoder"][0] == "0" and rows["projector"][0] == rows["projector"][1]
+    assert rows["scorers"][0] == "0"  # phase 1 trains no allocation parameter
+
+
+def test_freezing_refuses_schedules_under_deepspeed():
+    pytest.importorskip("deepspeed", reason="needs the deepspeed package (the dev extra installs it)")
+    trainer = types.SimpleNamespace(strategy=deepspeed_strategy())
+    phase = AlignPhase(ARRCOCModel())
+    cb = EncoderFreezing([Unfreeze(at=100, blocks=1)])
+    with pytest.raises(ValueError, match="DeepSpeed fixes the trainable parameters"):
+        cb.setup(trainer, phase, "fit")
+    EncoderFreezing([Unfreeze(at=0, blocks=1)]).setup(trainer, phase, "fit")  # a phase-boundary change is fine
+    assert all(p.requires_grad for p in phase.model.encoder.blocks()[-1].parameters())
+
+
+def test_deepspeed_config_construction():
+    pytest.importorskip("deepspeed", reason="needs the deepspeed package (the dev extra installs it)")
+    strategy = deepspeed_strategy(stage=2, batch_size=16)
+    assert strategy.exclude_frozen_parameters
+    assert strategy.config["zero_optimization"]["stage"] == 2
+    assert strategy.config["train_micro_batch_size_per_gpu"] == 16
+
+
+def test_deepspeed_sharding_is_a_no_op_without_deepspeed(caplog):
+    cb = DeepSpeedSharding()
+    trainer = types.SimpleNamespace(strategy=types.SimpleNamespace())
+    with caplog.at_level("INFO", logger="arrcoc"):
+        cb.setup(trainer, None, "fit")
+        cb.on_fit_end(trainer, None)
+    assert not cb.active and "not DeepSpeed; nothing to do" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: Lightning's DeepSpeed strategy requires it")
+def test_real_zero_run_consolidates_for_init_from(tmp_path):  # pragma: no cover - GPU machines only
+    from arrcoc.data.datamodule import VQADataModule
+    from arrcoc.data.sample_task import SampleTaskConfig
+
+    dm = VQADataModule(sample_task=SampleTaskConfig(train=64, val=16), cache_dir=str(tmp_path / "c"),
+                       batch_size=8, samples_per_epoch=64, num_workers=0)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=deepspeed_strategy(stage=2, batch_size=8),
+                        max_steps=2, precision="bf16-mixed", callbacks=[ckpt, DeepSpeedSharding()], logger=False,
+                        limit_val_batches=0)
+    trainer.fit(RelevancePhase(ARRCOCModel()), datamodule=dm)
+    phase = RelevancePhase(ARRCOCModel(), init_from=str(tmp_path / "ck" / "consolidated.pt"))
+    assert phase.load_report["scorers"] == "loaded"
+
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
+    from arrcoc.data.datamodule import VQADataModule
+    from arrcoc.data.sample_task import SampleTaskConfig
+
+    dm = VQADataModule(sample_task=SampleTaskConfig(train=64, val=8), cache_dir=str(tmp_path / "c"), batch_size=8,
+                       samples_per_epoch=64, num_workers=0, shuffle_buffer=1)
+    phase = AlignPhase(ARRCOCModel(), max_nan_steps=2)
+    real = phase.model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in (2, 4, 5, 6, 7):  # one NaN step, later several in a row
+            out.loss = out.loss * float("nan")
+        return out
+
+    phase.model.forward = flaky
+    trainer = L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
+        trainer.fit(phase, datamodule=dm)
+    # only steps 1 and 3 updated the weights: the optimizer saw no gradient on the NaN steps
+    weight = phase.model.projector[0].weight
+    assert int(trainer.optimizers[0].state[weight]["step"]) == 2
+    assert list(tmp_path.glob("nan-stop-step*.ckpt"))
+    assert all(torch.isfinite(p).all() for p in phase.parameters())
