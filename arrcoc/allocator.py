@@ -124,12 +124,13 @@ class TokenAllocator(nn.Module):
         with torch.no_grad():
             self.head[-1].bias.fill_(float(torch.logit(torch.tensor(frac))))
 
-    def forward(self, relevance: Tensor, context: Tensor,
-                budget: int | Tensor | None = None) -> Selection:
+    def forward(self, relevance: Tensor, context: Tensor, budget: int | Tensor | None = None,
+                rank_scores: Tensor | None = None) -> Selection:
         """relevance [B, N] (standardised), context [B, C] -> :class:`Selection`.
 
         ``budget`` (an int or [B] tensor) overrides the budget head: equal-token baselines and
-        fixed-budget evaluation use it.
+        fixed-budget evaluation use it. ``rank_scores`` [B, N] replaces the relevance for choosing
+        which tokens are kept (random or grid baselines at the same budgets).
         """
         b, n = relevance.shape
         lo, hi = self.min_tokens, self.max_tokens
@@ -158,7 +159,7 @@ class TokenAllocator(nn.Module):
         soft = torch.sigmoid((relevance - tau) / self.temperature)  # [B, N]
 
         # Hard top-k; stable sort breaks ties by raster position, so inference is deterministic.
-        rank_by = relevance.detach()
+        rank_by = relevance.detach() if rank_scores is None else rank_scores.float()
         if self.training and self.selection_noise > 0:
             gumbel = -torch.log(-torch.log(torch.rand_like(rank_by).clamp(1e-9, 1 - 1e-9)))
             rank_by = rank_by + self.selection_noise * gumbel

@@ -9,6 +9,7 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 COMMANDS = {
     "demo": ("arrcoc.demo", "forward/backward smoke of the whole model on the embedded tiny preset"),
     "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards"),
+    "pretrain-encoder": ("arrcoc.tiny_encoder", "pretrain the embedded tiny encoder on the sample task"),
 }
 
 

@@ -1,96 +1,143 @@
-"""``arrcoc demo``: a forward/backward smoke of the whole model on the embedded tiny preset.
+"""``arrcoc demo``: phase 1 -> 2 -> 3 on the embedded default, then the comparison that matters.
 
-Until the training phases land, the demo builds the tiny model, draws a few coloured-square images
-with questions about them, trains every trainable part for a few steps, and reports the loss, the
-per-sample budgets, and the measured step-time ratio of full-token vs adaptive mode.
+Each phase runs from its YAML in ``configs/`` (tiny preset, the sample task generated on first use),
+hands its weights to the next through ``init_from``, and the final model is compared on the sample
+task's validation split: all 576 tokens, its own adaptive budgets, random and grid selections at the
+same per-sample budgets, and the majority answer; plus the measured step-time ratio of full-token
+vs adaptive training steps in the same run. The table is also written to ``results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import json
+import statistics
 import time
+from collections import Counter
+from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
-from arrcoc.data.collate import collate_vqa
-from arrcoc.data.prompt import VQAPromptBuilder
-from arrcoc.model import ARRCOCModel
+from arrcoc.data import model_inputs
+from arrcoc.data.shards import Skip, is_sample, iter_tar, majority_answer
+from arrcoc.metrics import VQAAccuracy
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
-
-
-def toy_batch(model: ARRCOCModel, size: int, seed: int) -> dict:
-    """Images with one coloured square on grey noise; question: its colour."""
-    rng = random.Random(seed)
-    prompt = VQAPromptBuilder(model.tokenizer)
-    samples = []
-    for _ in range(size):
-        name = rng.choice(sorted(COLORS))
-        img = Image.effect_noise((96, 96), 40).convert("RGB")
-        x, y, s = rng.randint(0, 70), rng.randint(0, 70), rng.randint(12, 26)
-        ImageDraw.Draw(img).rectangle([x, y, x + s, y + s], fill=COLORS[name])
-        sample = prompt("What color is the square?", name)
-        sample["pixel_values"] = model.encoder.transform(img)
-        samples.append(sample)
-    return collate_vqa(samples, model.tokenizer.pad_token_id)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def _step_time(model, batch, full: bool, repeats: int) -> float:
+def _phase_args(phase: int, steps: int, out: Path, args, init_from: Path | None) -> list[str]:
+    argv = ["--config", str(CONFIGS / f"phase{phase}.yaml"), "--trainer.max_steps", str(steps),
+            "--trainer.val_check_interval", str(steps), "--trainer.default_root_dir", str(out / f"phase{phase}"),
+            "--data.sample_task.train", str(args.train), "--data.sample_task.val", str(args.val),
+            "--data.samples_per_epoch", str(max(args.train, 16))]
+    if args.cache_dir:
+        argv += ["--data.cache_dir", args.cache_dir]
+    if init_from is not None:
+        argv += ["--model.init_args.init_from", str(init_from)]
+    return argv
+
+
+def majority_baseline(train_urls: list[str]) -> str:
+    """The most frequent training answer (json only: images are not decoded)."""
+    counts: Counter[str] = Counter()
+    for url in train_urls:
+        for raw in iter_tar(url):
+            if not isinstance(raw, Skip) and is_sample(raw) and "json" in raw.files:
+                counts[majority_answer(json.loads(raw.files["json"])["answers"])] += 1
+    return counts.most_common(1)[0][0]
+
+
+def step_time(model, batch: dict, full: bool, repeats: int = 5) -> float:
+    model.train()
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t0 = time.perf_counter()
         model(**batch, full_tokens=full, return_logits=False).loss.backward()
         times.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
-    return sorted(times)[len(times) // 2]  # median
+    return statistics.median(times[1:])  # the first call warms up
+
+
+def evaluate(model, datamodule) -> dict:
+    """Accuracy of the variants on the validation split, and visual-token statistics."""
+    model.eval()
+    names = ("full", "adaptive", "random", "grid", "majority")
+    acc = {n: VQAAccuracy() for n in names}
+    majority = majority_baseline(datamodule.sources["train"][0].urls)
+    tokens: list[int] = []
+    for batch in datamodule.val_dataloader():
+        batch.pop("data_stats", None)
+        inputs, valid, answers = model_inputs(batch), batch["valid"], batch["answers"]
+        with torch.no_grad():
+            adaptive = model.generate(**inputs)
+            budget = adaptive.allocation.budget
+            outs = {"full": model.generate(**inputs, full_tokens=True), "adaptive": adaptive,
+                    "random": model.generate(**inputs, budget=budget, selection="random"),
+                    "grid": model.generate(**inputs, budget=budget, selection="grid")}
+        for name, out in outs.items():
+            acc[name].update(out.texts, answers, valid)
+        acc["majority"].update([majority] * len(answers), answers, valid)
+        tokens += adaptive.allocation.visual_tokens[valid].tolist()
+    return {"accuracy": {n: float(m.compute()) for n, m in acc.items()}, "majority_answer": majority,
+            "visual_tokens": {"mean": statistics.mean(tokens), "min": min(tokens), "max": max(tokens)},
+            "samples": len(tokens)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="arrcoc demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps (default 30)")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
+    parser.add_argument("--steps", type=int, nargs=3, default=None, metavar=("P1", "P2", "P3"),
+                        help="optimizer steps of phases 1, 2, 3 (default: the configs' max_steps)")
+    parser.add_argument("--train", type=int, default=20000, help="sample-task training samples")
+    parser.add_argument("--val", type=int, default=500, help="sample-task validation samples")
+    parser.add_argument("--cache-dir", default=None, help="sample-task cache (default: the configs')")
     args = parser.parse_args(argv)
+    if not CONFIGS.is_dir():
+        parser.error(f"{CONFIGS} not found: run the demo from a source checkout (make demo)")
+    from arrcoc.train.cli import build_cli
 
-    torch.manual_seed(args.seed)
-    print("building the tiny preset (arrcoc-tiny-vit + arrcoc-tiny-lm) ...", flush=True)
-    model = ARRCOCModel()
-    batch = toy_batch(model, args.batch_size, args.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_frozen = sum(p.numel() for p in model.encoder.parameters())
-    print(f"parameters: {sum(p.numel() for p in trainable):,} trainable, {n_frozen:,} frozen (encoder)")
-    opt = torch.optim.AdamW(trainable, lr=1e-3)
-    model.train()
-    first = last = None
-    for step in range(1, args.steps + 1):
-        out = model(**batch, return_logits=False)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        vt = out.allocation.visual_tokens.float()
-        last = out.lm_loss.item()
-        first = last if first is None else first
-        if step == 1 or step % 5 == 0 or step == args.steps:
-            print(f"step {step:3d}/{args.steps}  lm_loss {last:.3f}  budget_loss {float(out.budget_loss):.4f}  "
-                  f"visual tokens mean {vt.mean():.0f} (min {vt.min():.0f}, max {vt.max():.0f})", flush=True)
+    t_start = time.perf_counter()
+    steps = args.steps or [None, None, None]
+    prev = None
+    for phase in (1, 2, 3):
+        print(f"\n=== phase {phase} ({['align', 'relevance', 'allocation fine-tune'][phase - 1]}) ===", flush=True)
+        argv_p = _phase_args(phase, steps[phase - 1] or _config_steps(phase), args.out, args, prev)
+        build_cli(["fit", *argv_p])
+        prev = args.out / f"phase{phase}" / "checkpoints" / "last.ckpt"
 
-    print("timing forward+backward, full-token vs adaptive (median of 5, same batch) ...", flush=True)
-    t_full = _step_time(model, batch, full=True, repeats=5)
-    t_adapt = _step_time(model, batch, full=False, repeats=5)
-    model.eval()
-    with torch.no_grad():
-        alloc = model(**batch, return_logits=False).allocation
-    vt = alloc.visual_tokens.float()
-    n = model.encoder.num_patches
-    print()
-    print(f"{'':28s}{'full-token':>12s}{'adaptive':>12s}")
-    print(f"{'visual tokens / sample':28s}{n:>12d}{vt.mean():>12.1f}")
-    print(f"{'fwd+bwd step (ms)':28s}{1000 * t_full:>12.1f}{1000 * t_adapt:>12.1f}")
-    print(f"step-time ratio full/adaptive: {t_full / t_adapt:.2f}x   (tiny preset, this CPU)")
-    print(f"lm_loss: {first:.3f} -> {last:.3f} over {args.steps} steps")
-    weights = alloc.weights.mean(0)
-    pairs = zip(alloc.scorer_names, weights.tolist(), strict=True)
-    print("mean balancer weights: " + ", ".join(f"{k} {w:.2f}" for k, w in pairs))
+    print("\n=== evaluation on the validation split ===", flush=True)
+    cli = build_cli(_phase_args(3, 1, args.out / "eval", args, prev), run=False)
+    model, dm = cli.model.model, cli.datamodule
+    dm.prepare_data()
+    dm.setup("validate")
+    results = evaluate(model, dm)
+    batch = next(iter(dm.val_dataloader()))
+    batch = model_inputs({k: v for k, v in batch.items() if k != "data_stats"})
+    t_full, t_adapt = step_time(model, batch, True), step_time(model, batch, False)
+    results["step_time_ms"] = {"full": 1000 * t_full, "adaptive": 1000 * t_adapt, "ratio": t_full / t_adapt}
+    results["wall_s"] = time.perf_counter() - t_start
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    _print_table(results, model.encoder.num_patches)
     return 0
+
+
+def _config_steps(phase: int) -> int:
+    import yaml
+
+    return int(yaml.safe_load((CONFIGS / f"phase{phase}.yaml").read_text())["trainer"]["max_steps"])
+
+
+def _print_table(r: dict, n: int) -> None:
+    a, vt, st = r["accuracy"], r["visual_tokens"], r["step_time_ms"]
+    adaptive = f"{vt['mean']:.0f} (min {vt['min']}, max {vt['max']})"
+    rows = [("all tokens (baseline)", f"{n}", a["full"]), ("adaptive (learned)", adaptive, a["adaptive"]),
+            ("random, same budgets", adaptive, a["random"]), ("grid, same budgets", adaptive, a["grid"]),
+            (f"majority answer ({r['majority_answer']!r})", "0", a["majority"])]
+    print(f"\n{'variant':34s}{'visual tokens / sample':>30s}{'VQA accuracy':>14s}")
+    for name, tok, acc in rows:
+        print(f"{name:34s}{tok:>30s}{100 * acc:>13.1f}%")
+    print(f"\nadaptive / all-token accuracy: {100 * a['adaptive'] / max(a['full'], 1e-9):.1f}%   "
+          f"({r['samples']} validation questions)")
+    print(f"training step, full vs adaptive: {st['full']:.0f} ms vs {st['adaptive']:.0f} ms = "
+          f"{st['ratio']:.2f}x faster (tiny preset, this machine)")
+    print(f"wall time {r['wall_s'] / 60:.1f} min")

@@ -205,6 +205,7 @@ class ARRCOCModel(nn.Module):
         budget: int | Tensor | None = None,
         full_tokens: bool | None = None,
         return_logits: bool = True,
+        selection: str = "learned",
     ) -> ARRCOCOutput:
         """Run the whole model on a batch.
 
@@ -217,10 +218,12 @@ class ARRCOCModel(nn.Module):
             budget: an int or [B] tensor that overrides the budget head (equal-token baselines).
             full_tokens: override the module's ``full_tokens`` for this call.
             return_logits: also return [B, L, V] logits (memory-heavy for big vocabularies).
+            selection: ``learned`` (the relevance map), or a baseline at the same budgets:
+                ``random`` (seeded, deterministic) or ``grid`` (evenly spaced in raster order).
         """
         full = self.full_tokens if full_tokens is None else full_tokens
         visual, visual_mask, sel, allocation = self._see(pixel_values, patch_features, cls_features,
-                                                         question_ids, question_mask, budget, full)
+                                                         question_ids, question_mask, budget, full, selection)
         text = self.llm.embed(input_ids)  # [B, T, E]
         packed = pack_multimodal(text, input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, labels=labels)
@@ -259,6 +262,7 @@ class ARRCOCModel(nn.Module):
         budget: int | Tensor | None = None,
         full_tokens: bool | None = None,
         max_new_tokens: int = 8,
+        selection: str = "learned",
     ) -> GenerationOutput:
         """Greedy decoding with the allocated visual tokens (hard, deterministic selection).
 
@@ -271,7 +275,7 @@ class ARRCOCModel(nn.Module):
             before_answer = (labels != IGNORE_INDEX).long().cumsum(-1) == 0
             attention_mask = attention_mask * before_answer.long()
         visual, visual_mask, _, allocation = self._see(pixel_values, patch_features, cls_features,
-                                                       question_ids, question_mask, budget, full)
+                                                       question_ids, question_mask, budget, full, selection)
         packed = pack_multimodal(self.llm.embed(input_ids), input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, padding_side="left")
         tokens = self.llm.greedy(packed.embeds, packed.attention_mask, packed.position_ids, max_new_tokens)
@@ -279,7 +283,8 @@ class ARRCOCModel(nn.Module):
         return GenerationOutput(tokens=tokens, texts=[t.strip() for t in texts], allocation=allocation)
 
     # ------------------------------------------------------------------ stages
-    def _see(self, pixels, patch_features, cls_features, question_ids, question_mask, budget, full: bool):
+    def _see(self, pixels, patch_features, cls_features, question_ids, question_mask, budget, full: bool,
+             selection: str = "learned"):
         """Vision -> (allocation) -> projected visual tokens: the part shared by forward and generate."""
         patches, cls = self._vision(pixels, patch_features, cls_features)  # [B, N, D], [B, D]
         b, n, _ = patches.shape
@@ -287,7 +292,8 @@ class ARRCOCModel(nn.Module):
             sel = self._keep_all(b, n, patches.device)
             maps = weights = relevance = None
         else:
-            maps, weights, relevance, sel = self._allocate(patches, cls, pixels, question_ids, question_mask, budget)
+            maps, weights, relevance, sel = self._allocate(patches, cls, pixels, question_ids, question_mask, budget,
+                                                           selection)
         visual, visual_mask, summary_valid = self._visual_tokens(patches, sel, relevance, full)
         allocation = Allocation(
             budget=sel.budget, budget_soft=sel.budget_soft, keep_mask=sel.keep_mask,
@@ -308,7 +314,7 @@ class ARRCOCModel(nn.Module):
         out = self.encoder(pixels)
         return out.flat(), out.cls  # [B, N, D], [B, D] | None
 
-    def _allocate(self, patches, cls, pixels, question_ids, question_mask, budget):
+    def _allocate(self, patches, cls, pixels, question_ids, question_mask, budget, selection="learned"):
         b = patches.shape[0]
         if question_ids is None:
             question_ids = torch.zeros(b, 0, dtype=torch.long, device=patches.device)
@@ -323,7 +329,9 @@ class ARRCOCModel(nn.Module):
         maps = torch.stack([scorer(inputs) for scorer in self.scorers], dim=1)  # [B, S, N]
         context = torch.cat([masked_mean(question, qmask), patches.float().mean(1)], dim=-1)  # [B, E + D]
         relevance, weights = self.balancer(maps, context)  # [B, N], [B, S]
-        sel = self.allocator(relevance, context, budget=budget)
+        scores = None if selection == "learned" else baseline_scores(selection, relevance.shape, budget,
+                                                                    relevance.device)
+        sel = self.allocator(relevance, context, budget=budget, rank_scores=scores)
         return maps, weights, relevance, sel
 
     def _keep_all(self, b: int, n: int, device) -> Selection:
@@ -354,6 +362,27 @@ class ARRCOCModel(nn.Module):
         summ = summ.to(dtype)
         summ = self.projector(summ)  # [B, R, E]
         return torch.cat([tokens, summ], 1), torch.cat([mask, valid], 1), valid
+
+
+SELECTIONS = ("learned", "random", "grid")
+
+
+def baseline_scores(selection: str, shape: tuple[int, int], budget, device) -> Tensor:
+    """Ranking scores [B, N] of an equal-token baseline: ``random`` (seeded) or ``grid`` (the k
+    patches evenly spaced in raster order, k from ``budget``)."""
+    b, n = shape
+    if selection == "random":
+        gen = torch.Generator().manual_seed(0)
+        return torch.rand(b, n, generator=gen).to(device)
+    if selection == "grid":
+        if budget is None:
+            raise ValueError("selection='grid' needs a budget (an int or [B] tensor)")
+        ks = torch.as_tensor(budget).expand(b).tolist()
+        scores = torch.zeros(b, n, device=device)
+        for i, k in enumerate(ks):
+            scores[i, torch.linspace(0, n - 1, int(k)).round().long()] = 1.0
+        return scores
+    raise ValueError(f"selection={selection!r}; valid: {SELECTIONS}")
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -80,20 +80,34 @@ def render(objs: list[Obj], size: int, seed: int) -> Image.Image:
     img = Image.fromarray(bg, "RGB")
     draw = ImageDraw.Draw(img)
     for o in objs:
-        fill, box = COLORS[o.color], [o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r]
-        if o.shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif o.shape == "square":
-            draw.rectangle(box, fill=fill)
-        elif o.shape == "triangle":
-            draw.polygon([(o.x, o.y - o.r), (o.x - o.r, o.y + o.r), (o.x + o.r, o.y + o.r)], fill=fill)
-        elif o.shape == "diamond":
-            draw.polygon([(o.x, o.y - o.r), (o.x + o.r, o.y), (o.x, o.y + o.r), (o.x - o.r, o.y)], fill=fill)
-        else:  # cross
-            w = max(o.r // 3, 1)
-            draw.rectangle([o.x - o.r, o.y - w, o.x + o.r, o.y + w], fill=fill)
-            draw.rectangle([o.x - w, o.y - o.r, o.x + w, o.y + o.r], fill=fill)
+        _draw(draw, o, COLORS[o.color])
     return img
+
+
+def label_map(objs: list[Obj], size: int) -> np.ndarray:
+    """[size, size] uint8: 0 on background, ``i + 1`` where object ``i`` is drawn (same geometry as
+    :func:`render`). Dense supervision for pretraining the tiny encoder."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for i, o in enumerate(objs):
+        _draw(draw, o, i + 1)
+    return np.asarray(mask)
+
+
+def _draw(draw: ImageDraw.ImageDraw, o: Obj, fill) -> None:
+    box = [o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r]
+    if o.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif o.shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif o.shape == "triangle":
+        draw.polygon([(o.x, o.y - o.r), (o.x - o.r, o.y + o.r), (o.x + o.r, o.y + o.r)], fill=fill)
+    elif o.shape == "diamond":
+        draw.polygon([(o.x, o.y - o.r), (o.x + o.r, o.y), (o.x, o.y + o.r), (o.x - o.r, o.y)], fill=fill)
+    else:  # cross
+        w = max(o.r // 3, 1)
+        draw.rectangle([o.x - o.r, o.y - w, o.x + o.r, o.y + w], fill=fill)
+        draw.rectangle([o.x - w, o.y - o.r, o.x + w, o.y + o.r], fill=fill)
 
 
 def ask(objs: list[Obj], rng: random.Random, kind: str, size: int = 128) -> tuple[str, str, str]:

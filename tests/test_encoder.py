@@ -23,7 +23,7 @@ def test_layer_choice_changes_features():
     torch.manual_seed(0)
     second = VisionEncoder("arrcoc-tiny-vit", layer=-2)
     x = torch.randn(1, 3, 96, 96)
-    assert last.layer == 1 and second.layer == 0
+    assert last.layer == 3 and second.layer == 2 and len(second.blocks()) == 3
     assert not torch.allclose(last(x).patches, second(x).patches)
 
 

@@ -234,3 +234,22 @@ def test_gate_is_exactly_one_on_kept_tokens():
     assert torch.equal(sel.gate[sel.keep_mask], torch.ones(int(sel.keep_mask.sum())))
     assert torch.equal(sel.gate[~sel.keep_mask], torch.zeros(int((~sel.keep_mask).sum())))
     assert sel.gate.requires_grad
+
+
+def test_equal_token_baselines(shared_tiny_model):
+    model = shared_tiny_model
+    batch = make_batch(model, n=3)
+    budgets = torch.tensor([64, 100, 200])
+    with torch.no_grad():
+        learned = model(**batch, budget=budgets).allocation
+        rand = [model(**batch, budget=budgets, selection="random").allocation for _ in range(2)]
+        grid = model(**batch, budget=budgets, selection="grid").allocation
+    for alloc in (learned, rand[0], grid):
+        assert alloc.budget.tolist() == [64, 100, 200]
+        assert alloc.keep_mask.sum(-1).tolist() == [64, 100, 200]
+    assert torch.equal(rand[0].keep_mask, rand[1].keep_mask)  # seeded: the same every call
+    assert not torch.equal(rand[0].keep_mask, learned.keep_mask)
+    kept = grid.records()[0].kept_indices
+    assert kept[0] == 0 and kept[-1] == 575 and (kept.diff() >= 8).all()  # evenly spread over the raster
+    with pytest.raises(ValueError, match="selection='best'"):
+        model(**batch, selection="best")

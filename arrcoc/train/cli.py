@@ -27,6 +27,21 @@ class ARRCOCCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist")
 
 
+def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
+    """The CLI object; with ``run=False`` it only parses and instantiates (``cli.model``, ``cli.datamodule``)."""
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    return ARRCOCCLI(
+        model_class=PhaseModule,
+        subclass_mode_model=True,
+        datamodule_class=VQADataModule,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        save_config_kwargs={"overwrite": True},  # a SLURM requeue re-runs in the same log dir
+        seed_everything_default=0,
+        args=argv,
+        run=run,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line)."""
     logger = logging.getLogger("arrcoc")
@@ -35,14 +50,5 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("[arrcoc] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    ARRCOCCLI(
-        model_class=PhaseModule,
-        subclass_mode_model=True,
-        datamodule_class=VQADataModule,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_kwargs={"overwrite": True},  # a SLURM requeue re-runs in the same log dir
-        seed_everything_default=0,
-        args=argv,
-    )
+    build_cli(argv)
     return 0
