@@ -28,6 +28,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _phase_args(phase: int, steps: int, out: Path, args, init_from: Path | None) -> list[str]:
     argv = ["--config", str(CONFIGS / f"phase{phase}.yaml"), "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(steps), "--trainer.default_root_dir", str(out / f"phase{phase}"),
+            "--trainer.limit_val_batches", "0",  # the comparison at the end evaluates every variant
             "--data.sample_task.train", str(args.train), "--data.sample_task.val", str(args.val),
             "--data.samples_per_epoch", str(max(args.train, 16))]
     if args.cache_dir:

@@ -196,7 +196,9 @@ class VQADataModule(L.LightningDataModule):
         if self.trainer is None or not self.trainer.training:
             return {}
         loop = self.trainer.fit_loop
-        return {"epoch": int(loop.epoch_progress.current.processed),
+        # The epoch the trained batches belong to ("started", not "processed": a checkpoint written at
+        # an epoch's end already counts that epoch as processed).
+        return {"epoch": int(loop.epoch_progress.current.started) - 1,
                 "batches": int(loop.epoch_loop.batch_progress.current.processed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ def test_any_image_size_and_mode(mode, size):
 def test_invalid_name_and_layer():
     with pytest.raises(ValueError, match="encoder.name='no-such-model'"):
         VisionEncoder("no-such-model")
-    with pytest.raises(ValueError, match=r"encoder.layer=5 .* valid: -2..1"):
+    with pytest.raises(ValueError, match=r"encoder.layer=5 .* valid: -4..3"):
         VisionEncoder("arrcoc-tiny-vit", layer=5)
 
 

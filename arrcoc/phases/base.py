@@ -248,7 +248,7 @@ def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
     if unexpected:
         raise ValueError(f"init_from={path!r} has weights this model lacks: {unexpected[:5]}"
                          + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
-    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+    model.load_state_dict(state, strict=False)
     report = {}
     for name, module in model.components().items():
         keys = [f"{_prefix(model, module)}{k}" for k in module.state_dict()]
