@@ -133,8 +133,12 @@ class VisionEncoder(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> VisionEncoder:
-        # A frozen tower keeps eval behaviour (dropout, drop-path off) inside a training model.
+        # Frozen parts keep eval behaviour (dropout, drop-path off) inside a training model; only
+        # blocks with trainable parameters (unfrozen by a freezing schedule) follow ``mode``.
         super().train(mode and not self.frozen)
+        if mode and not self.frozen:
+            for block in self._all_blocks():
+                block.train(any(p.requires_grad for p in block.parameters()))
         return self
 
     def _all_blocks(self) -> nn.ModuleList:

@@ -72,7 +72,6 @@ class EncoderFreezing(L.Callback):
             self.groups.append({"params": params, "name": f"encoder.block-{depth}", "base_lr": self.lr,
                                 "lr": 0.0, "scale": 0.0, "weight_decay": 0.0})
         pl_module.extra_param_groups = self.groups
-        pl_module.model.encoder.visual.train()  # the unfrozen blocks run in train mode from now on
 
     def _update(self, trainer: L.Trainer, now: int) -> None:
         active = self._active(now)
@@ -81,6 +80,14 @@ class EncoderFreezing(L.Callback):
             for group in opt.param_groups:
                 if group.get("name", "").startswith("encoder.block-"):
                     group["scale"] = names.get(group["name"], 0.0)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        """Blocks still waiting (scale 0) drop their gradients: they neither count in gradient
+        clipping's global norm nor build up Adam moments before their time."""
+        for group in optimizer.param_groups:
+            if group.get("name", "").startswith("encoder.block-") and group.get("scale", 0.0) == 0.0:
+                for p in group["params"]:
+                    p.grad = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.schedule:

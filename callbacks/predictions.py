@@ -36,7 +36,7 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             merged = []
-            for p in sorted(out.glob(".predictions.rank*.jsonl")):
+            for p in (out / f".predictions.rank{r}.jsonl" for r in range(trainer.world_size)):
                 merged += [json.loads(line) for line in p.read_text().splitlines() if line]
                 p.unlink()
             merged.sort(key=lambda r: (str(type(r["question_id"])), r["question_id"]))

@@ -123,3 +123,20 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert int(trainer.optimizers[0].state[weight]["step"]) == 2
     assert list(tmp_path.glob("nan-stop-step*.ckpt"))
     assert all(torch.isfinite(p).all() for p in phase.parameters())
+
+
+def test_pretrained_llm_trains_only_in_phase_3_and_at_a_low_rate(tmp_path):
+    from arrcoc.language_model import LanguageModel
+    from arrcoc.phases import AllocationPhase
+
+    src = LanguageModel()
+    src.model.save_pretrained(tmp_path)
+    src.tokenizer.save_pretrained(tmp_path)
+    align = AlignPhase(ARRCOCModel(llm=LanguageModel(str(tmp_path))))
+    assert "llm" not in align.trainable_components()
+    assert not any(p.requires_grad for p in align.model.llm.parameters())
+    fine = AllocationPhase(ARRCOCModel(llm=LanguageModel(str(tmp_path))))
+    lrs = {g["name"]: g["base_lr"] for g in fine.param_groups()}
+    assert lrs["llm"] == AllocationPhase.pretrained_llm_lr == 2e-5 and lrs["projector"] == 5e-4
+    tiny = AllocationPhase(ARRCOCModel())
+    assert {g["name"]: g["base_lr"] for g in tiny.param_groups()}["llm"] == 5e-4

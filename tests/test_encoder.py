@@ -71,3 +71,13 @@ def test_local_checkpoint_path_loads_weights(tmp_path):
     enc = VisionEncoder("arrcoc-tiny-vit", pretrained=str(path))
     assert torch.equal(enc.visual.conv1.weight, clip.visual.conv1.weight)
     assert enc.frozen
+
+
+def test_partially_unfrozen_tower_trains_only_its_trainable_blocks():
+    enc = VisionEncoder("arrcoc-tiny-vit", layer=-1)
+    enc.blocks()[-1].requires_grad_(True)
+    enc.train()
+    assert not enc.frozen
+    assert [b.training for b in enc.blocks()] == [False, False, False, True]
+    enc.eval()
+    assert not any(b.training for b in enc.blocks())

@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from arrcoc.data.collate import model_inputs
 from arrcoc.language_model import TINY_LM
@@ -53,6 +55,9 @@ class PhaseModule(L.LightningModule):
     trainable: ClassVar[tuple[str, ...]] = ()
     full_tokens: ClassVar[bool] = False
     default_lr: ClassVar[dict[str, float]] = {}
+    #: default rate of a pretrained LLM where a phase trains it (the tiny preset's starts random and
+    #: uses ``default_lr``); ``lr: {llm: ...}`` overrides it.
+    pretrained_llm_lr: ClassVar[float] = 2e-5
 
     def __init__(
         self,
@@ -79,6 +84,9 @@ class PhaseModule(L.LightningModule):
         self.model.full_tokens = self.full_tokens
         self._freeze()
         self.val_acc, self.val_exact, self.val_acc_full = VQAAccuracy(), ExactMatch(), VQAAccuracy()
+        # Updated only with valid samples, logged on every step by every rank: DDP reductions stay aligned.
+        self.val_loss, self.val_tokens = MeanMetric(), MeanMetric()
+        self.val_tokens_max, self.val_tokens_min = MaxMetric(), MinMetric()
         self.val_hist = BudgetHistogram(max_tokens=model.encoder.num_patches)
         self._nan_steps = 0
         self._t_last: float | None = None
@@ -95,7 +103,10 @@ class PhaseModule(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """One AdamW group per trainable component (two where weight decay splits it); extra groups
         registered by callbacks (``self.extra_param_groups``) are appended."""
-        lrs = {**self.default_lr, **(self.hparams.lr or {})}
+        defaults = dict(self.default_lr)
+        if "llm" in defaults and self.model.llm.name != TINY_LM:
+            defaults["llm"] = self.pretrained_llm_lr
+        lrs = {**defaults, **(self.hparams.lr or {})}
         groups = []
         for name in self.trainable_components():
             params = [p for p in self.model.components()[name].parameters() if p.requires_grad]
@@ -147,7 +158,11 @@ class PhaseModule(L.LightningModule):
         if self.trainer.world_size > 1:  # skip on every rank together, or DDP would hang
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
-            return self._skip_non_finite()
+            self._skip_non_finite()
+            if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+                # DeepSpeed cannot skip a backward: a zero loss gives zero gradients instead.
+                return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+            return None
         self._nan_steps = 0
         n = len(batch["input_ids"])
         vt = out.allocation.visual_tokens.float()
@@ -178,17 +193,22 @@ class PhaseModule(L.LightningModule):
         inputs = model_inputs(batch)
         n, valid = len(batch["input_ids"]), batch["valid"]
         out = self.model(**inputs, return_logits=False)
-        if out.loss is not None and bool(valid.any()):
-            self.log(f"{prefix}/loss", out.loss, batch_size=n, sync_dist=True)
+        n_valid = int(valid.sum())
+        if out.loss is not None and n_valid:
+            self.val_loss.update(out.lm_loss.detach(), weight=n_valid)
         gen = self.model.generate(**inputs, max_new_tokens=self.hparams.max_new_tokens)
         self.val_acc.update(gen.texts, batch["answers"], valid)
         self.val_exact.update(gen.texts, batch["answers"], valid)
         vt = gen.allocation.visual_tokens.float()
         self.val_hist.update(gen.allocation.budget, valid)
-        if bool(valid.any()):
-            self.log(f"{prefix}/visual_tokens", vt[valid].mean(), batch_size=int(valid.sum()), sync_dist=True)
-            self.log(f"{prefix}/visual_tokens_max", vt[valid].max(), reduce_fx="max", sync_dist=True)
-            self.log(f"{prefix}/visual_tokens_min", vt[valid].min(), reduce_fx="min", sync_dist=True)
+        if n_valid:
+            self.val_tokens.update(vt[valid])
+            self.val_tokens_max.update(vt[valid])
+            self.val_tokens_min.update(vt[valid])
+        self.log(f"{prefix}/loss", self.val_loss, batch_size=n)
+        self.log(f"{prefix}/visual_tokens", self.val_tokens, batch_size=n)
+        self.log(f"{prefix}/visual_tokens_max", self.val_tokens_max, batch_size=n)
+        self.log(f"{prefix}/visual_tokens_min", self.val_tokens_min, batch_size=n)
         self.log(f"{prefix}/acc", self.val_acc, batch_size=n, prog_bar=True)
         self.log(f"{prefix}/exact_match", self.val_exact, batch_size=n)
         if self.hparams.eval_full_tokens and not self.full_tokens:
