@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from arrcoc.data.shards import majority_answer
 from arrcoc.metrics.normalize import normalize_answer
 
 
@@ -59,8 +60,6 @@ class ExactMatch(Metric):
 
     def update(self, predictions: Sequence[str], answers: Sequence[Sequence[str]],
                valid: Sequence[bool] | Tensor | None = None) -> None:
-        from arrcoc.data.shards import majority_answer
-
         for i, (pred, gts) in enumerate(zip(predictions, answers, strict=True)):
             if (valid is None or bool(valid[i])) and gts:
                 self.hits += int(normalize_answer(pred) == normalize_answer(majority_answer(list(gts))))
