@@ -53,8 +53,7 @@ def write_items(items: Iterable[Item | tuple[str, str]], out: Path, prefix: str,
     from tqdm import tqdm
 
     report = ConvertReport()
-    writer = ShardWriter(out, prefix=prefix, samples_per_shard=samples_per_shard)
-    try:
+    with ShardWriter(out, prefix=prefix, samples_per_shard=samples_per_shard) as writer:
         for item in tqdm(items, total=total, desc=f"writing {prefix}", unit="sample", disable=not progress,
                          mininterval=1.0):
             if isinstance(item, tuple):
@@ -75,10 +74,7 @@ def write_items(items: Iterable[Item | tuple[str, str]], out: Path, prefix: str,
                 continue
             writer.write(item.key, item.meta, image=data, image_ext=ext)
             report.written += 1
-    except BaseException:
-        writer.abort()
-        raise
-    report.manifest = writer.close()
+    report.manifest = writer.manifest
     return report
 
 

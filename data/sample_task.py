@@ -179,13 +179,9 @@ def write_split(out_dir: Path, split: str, count: int, cfg: SampleTaskConfig, pr
     """Generate ``count`` samples of ``split`` into ``out_dir`` (shards + manifest)."""
     from tqdm import tqdm
 
-    writer = ShardWriter(out_dir, prefix=split, samples_per_shard=cfg.samples_per_shard)
-    try:
+    with ShardWriter(out_dir, prefix=split, samples_per_shard=cfg.samples_per_shard) as writer:
         for i in tqdm(range(count), desc=f"sample task {split}", unit="sample", disable=not progress,
                       mininterval=1.0):
             meta, img = make_sample(split, i, cfg.seed, cfg.image_size)
             writer.write(f"{split}{i:08d}", meta, image=encode_image(img, "jpg"), image_ext="jpg")
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close()
+    return writer.manifest

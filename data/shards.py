@@ -85,6 +85,7 @@ class ShardWriter:
     _tar: tarfile.TarFile | None = None
     _tmp: Path | None = None
     _count: int = 0
+    manifest: dict[str, Any] | None = None  # set by close()
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -147,6 +148,7 @@ class ShardWriter:
         tmp = self.out_dir / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.out_dir / MANIFEST)
+        self.manifest = manifest
         return manifest
 
     def abort(self) -> None:
