@@ -72,7 +72,7 @@ class VisionEncoder(nn.Module):
         name: open_clip model name (``open_clip.list_models()``), e.g. ``EVA02-L-14-336``.
         pretrained: an open_clip pretrained tag (e.g. ``merged2b_s6b_b61k``) or a local checkpoint
             path; ``None`` keeps random weights. The tiny preset also takes ``shapes``: weights
-            pretrained by ``arrcoc pretrain-encoder`` on the sample task (made and cached on first use).
+            pretrained by ``arrcoc pretrain-encoder`` on the sample task, shipped with the package.
         layer: which transformer block's output to return; ``-1`` is the last, ``-2`` (LLaVA's
             choice, the default) the second-to-last.
         frozen: no parameter trains and the tower stays in eval mode even when the model is put in
@@ -93,7 +93,7 @@ class VisionEncoder(nn.Module):
                 f"{TINY_ENCODER!r}, 'EVA02-L-14-336', 'ViT-L-14-336' (see open_clip.list_models())"
             )
         if name == TINY_ENCODER and pretrained == "shapes":
-            # The tiny preset's own weights: pretrained by arrcoc on the sample task, cached on first use.
+            # The tiny preset's own weights: pretrained by arrcoc on the sample task, shipped in presets/.
             from arrcoc.tiny_encoder import shapes_checkpoint
 
             pretrained = str(shapes_checkpoint())

@@ -42,16 +42,6 @@ def make_batch(model: ARRCOCModel, n: int = 4, offset: int = 0):
     return collate_vqa(make_samples(model, items, range(offset, offset + n)), model.tokenizer.pad_token_id)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """The tiny encoder's pretraining cache in a temporary directory, with a short pretraining: tests
-    (and the subprocesses they start) never touch ~/.cache and never wait minutes for weights."""
-    import os
-
-    os.environ["ARRCOC_CACHE"] = str(tmp_path_factory.mktemp("arrcoc-cache"))
-    os.environ["ARRCOC_TINY_PRETRAIN_STEPS"] = "3"
-
-
 @pytest.fixture
 def tiny_model() -> ARRCOCModel:
     torch.manual_seed(0)

@@ -31,7 +31,8 @@ def test_wheel_contents(tmp_path):
     (wheel,) = tmp_path.glob("arrcoc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("arrcoc/model.py", "arrcoc/scorers/base.py", "arrcoc/data/prompt.py",
-                     "arrcoc/callbacks/__init__.py", "arrcoc/presets/arrcoc-tiny-vit.json"):
+                     "arrcoc/callbacks/__init__.py", "arrcoc/presets/arrcoc-tiny-vit.json",
+                     "arrcoc/presets/arrcoc-tiny-vit-shapes.pt"):
         assert required in names, required
     import arrcoc
 
