@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    s.add_argument("--list-objects", type=float, default=0.25,
+                   help="share of training questions that ask to list every object (default 0.25)")
     s.add_argument("--overwrite", action="store_true", help="replace datasets already in --out")
 
     i = sub.add_parser("inspect", help="counts, answer distribution and a few samples of a dataset")
@@ -97,8 +99,10 @@ def _sample(args) -> int:
 
     if args.shard_size < 1:
         raise ValueError(f"--shard-size {args.shard_size} must be >= 1")
+    if not 0.0 <= args.list_objects <= 1.0:
+        raise ValueError(f"--list-objects {args.list_objects} must be in [0, 1]")
     cfg = SampleTaskConfig(train=args.train, val=args.val, seed=args.seed, image_size=args.image_size,
-                           samples_per_shard=args.shard_size)
+                           samples_per_shard=args.shard_size, list_objects=args.list_objects)
     for split, count in (("train", cfg.train), ("val", cfg.val)):
         if count > 0:
             prepare_out_dir(args.out / split, split, args.overwrite)

@@ -124,6 +124,7 @@ def vqav2_items(questions: Path, annotations: Path | None, images: Path) -> tupl
                     continue
                 meta["answers"] = [a["answer"] for a in ann["answers"]]
                 meta["answer_type"] = ann.get("answer_type")
+                meta["question_type"] = ann.get("question_type")
                 meta["multiple_choice_answer"] = ann.get("multiple_choice_answer")
             yield Item(key, {k: v for k, v in meta.items() if v is not None}, image)
 
@@ -162,7 +163,8 @@ def jsonl_items(manifest: Path, images_root: Path) -> tuple[Iterator, int | None
             if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
                 yield key, "missing_field"
                 continue
-            meta = {k: rec[k] for k in ("question", "answers", "answer", "image_id", "answer_type") if k in rec}
+            meta = {k: rec[k] for k in ("question", "answers", "answer", "image_id", "answer_type", "question_type")
+                    if k in rec}
             meta["question_id"] = rec.get("question_id", n)
             try:
                 meta = validate_meta(meta)

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class VQADataModule(L.LightningDataModule):
             total. Every rank yields ``samples_per_epoch // (world_size * batch_size)`` full batches.
         shuffle_buffer: samples held for shuffling in each worker.
         seed: shard resampling and shuffling seed (combined with epoch, rank and worker).
+        instruction, max_question_tokens, image_first: prompt building (see ``VQAPromptBuilder``).
         sample_task: generate the bundled sample task on first use into ``cache_dir`` (rank 0 of
             each node, in ``prepare_data``) and use it where ``train``/``val`` are empty.
         cache_dir: where the sample task is generated.
@@ -71,6 +72,7 @@ class VQADataModule(L.LightningDataModule):
         seed: int = 0,
         instruction: str = VQA_INSTRUCTION,
         max_question_tokens: int = 64,
+        image_first: bool = True,
         sample_task: SampleTaskConfig | None = None,
         cache_dir: str = DEFAULT_CACHE,
     ) -> None:
@@ -81,7 +83,10 @@ class VQADataModule(L.LightningDataModule):
             raise ValueError(f"num_workers={num_workers} must be >= 0")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch={samples_per_epoch} must be >= 1")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["sample_task"])
+        # Plain values in checkpoints: a pickled dataclass would stop `torch.load(weights_only=True)`.
+        self.hparams["sample_task"] = None if sample_task is None else {
+            f.name: getattr(sample_task, f.name) for f in fields(sample_task) if f.init}
         self.specs = {"train": train, "val": val, "test": test}
         self.sample_task = sample_task
         self.cache_dir = Path(os.path.expanduser(cache_dir))
@@ -104,19 +109,19 @@ class VQADataModule(L.LightningDataModule):
             return
         cfg = self.sample_task
         stamp = self.cache_dir / "config.json"
-        current = stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg)
+        current = stamp.is_file() and json.loads(stamp.read_text()) == cfg.stamp()
         if current and all(read_manifest(self.cache_dir / s) for s in ("train", "val")):
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.cache_dir / ".lock")):  # nodes sharing a home directory take turns
-            current = stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg)
+            current = stamp.is_file() and json.loads(stamp.read_text()) == cfg.stamp()
             if current and all(read_manifest(self.cache_dir / s) for s in ("train", "val")):
                 return
             log.info("generating the sample task into %s", self.cache_dir)
             stamp.unlink(missing_ok=True)
             for split, count in (("train", cfg.train), ("val", cfg.val)):
                 write_split(self.cache_dir / split, split, count, cfg)
-            stamp.write_text(json.dumps(asdict(cfg)))
+            stamp.write_text(json.dumps(cfg.stamp()))
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve sources (a missing path fails here, before training), build preprocessing."""
@@ -127,7 +132,7 @@ class VQADataModule(L.LightningDataModule):
         hp = self.hparams
         self.transform = build_transform(hp.encoder, hp.encoder_pretrained)
         self.tokenizer = build_tokenizer(hp.llm, trust_remote_code=hp.trust_remote_code)
-        self.prompt = VQAPromptBuilder(self.tokenizer, hp.instruction, hp.max_question_tokens)
+        self.prompt = VQAPromptBuilder(self.tokenizer, hp.instruction, hp.max_question_tokens, hp.image_first)
         size = self.transform.transforms[1].size  # CenterCrop: (H, W)
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
 

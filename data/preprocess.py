@@ -46,7 +46,8 @@ class VQAPreprocessor:
                 out["pixel_values"] = self.transform(sample["image"])  # [3, S, S]
             except Exception as err:  # noqa: BLE001 - a decodable but unusable image
                 raise BadSample("bad_image", f"transform failed: {err}") from err
-        out.update(question=sample["question"], answers=answers, question_id=sample["question_id"], valid=True)
+        out.update(question=sample["question"], answers=answers, question_id=sample["question_id"],
+                   question_type=str(sample.get("question_type") or ""), valid=True)
         return out
 
     def calibrate(self, sample: dict[str, Any] | None) -> None:
@@ -61,5 +62,5 @@ class VQAPreprocessor:
             out["patch_features"] = torch.zeros(self._feature_shape)
         else:
             out["pixel_values"] = torch.zeros(3, *self.image_size)
-        out.update(question="", answers=[], question_id=-1, valid=False)
+        out.update(question="", answers=[], question_id=-1, question_type="", valid=False)
         return out

@@ -17,17 +17,25 @@ class VQAPromptBuilder:
 
     Uses the tokenizer's chat template when it has one (the LLaVA-1.5 / VQAv2 convention: image,
     question, then the instruction), a plain ``Question ... Answer:`` layout otherwise.
+
+    Args:
+        image_first: the image before the question (LLaVA's order, what pretrained VLM checkpoints
+            expect), or after it: then a causal LLM reads every visual token already knowing the
+            question, which a small LLM trained from scratch learns to use far sooner.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, instruction: str = VQA_INSTRUCTION,
-                 max_question_tokens: int = 64) -> None:
+                 max_question_tokens: int = 64, image_first: bool = True) -> None:
         self.tokenizer = tokenizer
         self.instruction = instruction
         self.max_question_tokens = max_question_tokens
+        self.image_first = image_first
         self.use_chat = getattr(tokenizer, "chat_template", None) is not None
 
     def _user_text(self, question: str) -> str:
-        return f"{IMAGE_TOKEN}\n{question}\n{self.instruction}"
+        if self.image_first:
+            return f"{IMAGE_TOKEN}\n{question}\n{self.instruction}"
+        return f"{question}\n{self.instruction}\n{IMAGE_TOKEN}"
 
     def texts(self, question: str, answer: str | None) -> tuple[str, str]:
         """-> (prompt text, answer text); the answer text is empty when ``answer`` is None."""

@@ -11,8 +11,9 @@ annotator answers per question, so the VQA soft accuracy applies.
 from __future__ import annotations
 
 import functools
+import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,23 @@ class Obj:
         return f"{self.color} {self.shape}"
 
 
-def make_scene(rng: random.Random, size: int) -> list[Obj]:
-    """2-6 non-overlapping objects, each a (shape, colour) pair that appears at most once."""
+#: Objects per scene, and their half size as a fraction of the image side. Small on purpose: at the
+#: tiny encoder's 24x24 grid an object covers about 8 patches (45 of 576 per scene on average), so
+#: most of the image is background and at small budgets which tokens are kept decides what can be
+#: answered (keeping a random 11% misses most objects' patches).
+NUM_OBJECTS = (3, 8)
+RADIUS = (1 / 20, 1 / 12)
+
+
+def make_scene(rng: random.Random, size: int, radius: tuple[float, float] = RADIUS) -> list[Obj]:
+    """3-8 small non-overlapping objects, each a (shape, colour) pair that appears at most once;
+    half sizes drawn from ``radius`` (fractions of ``size``)."""
     objs: list[Obj] = []
-    want = rng.randint(2, 6)
+    want = rng.randint(*NUM_OBJECTS)
     tries = 0
     while len(objs) < want and tries < 200:
         tries += 1
-        r = rng.randint(size // 16, size // 10)
+        r = rng.randint(max(2, round(size * radius[0])), max(2, round(size * radius[1])))
         x, y = rng.randint(r + 1, size - r - 2), rng.randint(r + 1, size - r - 2)
         shape, color = rng.choice(SHAPES), rng.choice(sorted(COLORS))
         if any(o.shape == shape and o.color == color for o in objs):
@@ -158,16 +168,41 @@ class SampleTaskConfig:
     train: int = 20000
     val: int = 1000
     seed: int = 0
+    #: of the generator, not settable: bumped when questions change, so caches are remade
+    version: int = field(default=2, init=False)
+    #: the scene geometry (objects per scene, half-size range), not settable: part of the cache stamp
+    scene: tuple = field(default=(NUM_OBJECTS, RADIUS), init=False)
     image_size: int = 128
     samples_per_shard: int = 1000
+    #: share of training questions that ask to list every object (validation asks the four VQA kinds)
+    list_objects: float = 0.25
+
+    def stamp(self) -> dict[str, Any]:
+        """What a cached copy must match to be current (JSON-normalised)."""
+        return json.loads(json.dumps(asdict(self)))
 
 
-def make_sample(split: str, index: int, seed: int, size: int) -> tuple[dict[str, Any], Image.Image]:
-    """Sample ``index`` of ``split``: json metadata (with the scene) and the image."""
+LIST_QUESTION = "What objects are in the image?"
+
+
+def list_objects(objs: list[Obj]) -> str:
+    """Every object, left to right: ``"red circle, blue square"``. The caption-like answer gives a
+    training question one supervised token per object word, as LLaVA's alignment stage uses
+    captions: a small LLM trained from scratch learns to look at the image far sooner."""
+    return ", ".join(o.name for o in sorted(objs, key=lambda o: (o.x, o.y)))
+
+
+def make_sample(split: str, index: int, seed: int, size: int,
+                list_share: float = 0.0) -> tuple[dict[str, Any], Image.Image]:
+    """Sample ``index`` of ``split``: json metadata (with the scene) and the image. A ``list_share``
+    of training samples (none elsewhere) asks to list every object."""
     rng = random.Random(f"arrcoc-sample/{seed}/{split}/{index}")
     objs = make_scene(rng, size)
     kind = KINDS[index % len(KINDS)] if split != "train" else rng.choice(KINDS)
-    question, answer, answer_type = ask(objs, rng, kind, size)
+    if split == "train" and rng.random() < list_share:
+        kind, (question, answer, answer_type) = "objects", (LIST_QUESTION, list_objects(objs), "other")
+    else:
+        question, answer, answer_type = ask(objs, rng, kind, size)
     qid = (0 if split == "train" else 1) * 10**9 + index
     meta = {"question": question, "answers": [answer] * 10, "question_id": qid, "image_id": qid,
             "answer_type": answer_type, "question_type": kind, "scene": [asdict(o) for o in objs]}
@@ -182,6 +217,6 @@ def write_split(out_dir: Path, split: str, count: int, cfg: SampleTaskConfig, pr
     with ShardWriter(out_dir, prefix=split, samples_per_shard=cfg.samples_per_shard) as writer:
         for i in tqdm(range(count), desc=f"sample task {split}", unit="sample", disable=not progress,
                       mininterval=1.0):
-            meta, img = make_sample(split, i, cfg.seed, cfg.image_size)
+            meta, img = make_sample(split, i, cfg.seed, cfg.image_size, cfg.list_objects)
             writer.write(f"{split}{i:08d}", meta, image=encode_image(img, "jpg"), image_ext="jpg")
     return writer.manifest

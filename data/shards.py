@@ -56,7 +56,7 @@ def validate_meta(meta: Any) -> dict[str, Any]:
     if "question_id" not in meta:
         raise BadSample("missing_field", "'question_id' is required")
     out = {"question": q, "answers": answers or [], "question_id": meta["question_id"]}
-    for opt in ("image_id", "answer_type"):
+    for opt in ("image_id", "answer_type", "question_type"):
         if meta.get(opt) is not None:
             out[opt] = meta[opt]
     return out

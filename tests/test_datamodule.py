@@ -144,7 +144,7 @@ def test_feature_cache_samples_feed_the_model(tmp_path, shared_tiny_model):
 
 
 def test_sample_task_generated_on_first_use(tmp_path):
-    from arrcoc.data.sample_task import SampleTaskConfig
+    from arrcoc.data.sample_task import RADIUS, SampleTaskConfig
 
     cfg = SampleTaskConfig(train=24, val=8, samples_per_shard=10)
     dm = VQADataModule(sample_task=cfg, cache_dir=str(tmp_path / "c"), batch_size=4, num_workers=0)
@@ -157,6 +157,14 @@ def test_sample_task_generated_on_first_use(tmp_path):
     shutil.rmtree(tmp_path / "c" / "val")
     dm.prepare_data()  # stale cache: regenerated
     assert (tmp_path / "c" / "val" / "manifest.json").exists()
+    # a copy made by another scene geometry (a module constant, not a config field) is stale too
+    stamp_file = tmp_path / "c" / "config.json"
+    old = json.loads(stamp_file.read_text())
+    assert old == cfg.stamp() and old["scene"][1] == list(RADIUS)
+    stamp_file.write_text(json.dumps({**old, "scene": [[2, 6], [0.0625, 0.1]]}))
+    dm.prepare_data()
+    assert json.loads(stamp_file.read_text()) == cfg.stamp()
+    assert (tmp_path / "c" / "train" / "train-000000.tar").stat().st_mtime_ns != stamp
 
 
 class _Probe(L.LightningModule):

@@ -17,6 +17,14 @@ def test_labels_only_on_answer_tokens():
     assert tok.decode(s["question_ids"]) == "What color is the triangle?"
 
 
+def test_image_after_the_question_when_asked():
+    tok = build_tiny_tokenizer()
+    first = tok.decode(VQAPromptBuilder(tok)("What color is the triangle?")["input_ids"])
+    last = tok.decode(VQAPromptBuilder(tok, image_first=False)("What color is the triangle?")["input_ids"])
+    assert first.index("<image>") < first.index("triangle") < first.index("single word")
+    assert last.index("triangle") < last.index("single word") < last.index("<image>") < last.index("<|assistant|>")
+
+
 def test_without_chat_template_and_empty_question():
     tok = build_tiny_tokenizer()
     tok.chat_template = None
