@@ -27,8 +27,9 @@ class DeepSpeedSharding(L.Callback):
 
     When the strategy is DeepSpeed: turns on ``exclude_frozen_parameters`` (a frozen encoder is not
     written into every sharded checkpoint), logs each rank's parameter and optimizer-state size at fit
-    start, and at fit end converts the last ZeRO checkpoint directory into one fp32 file
-    (``consolidated``) for ``init_from``. Without DeepSpeed it does nothing and says so once.
+    start, and at fit end converts the last ZeRO checkpoint directory into one fp32 weights file
+    (``consolidated``: ``{'state_dict', 'global_step'}``) for ``init_from``. Without DeepSpeed it does
+    nothing and says so once.
 
     Args:
         consolidated: output file name, relative to the checkpoint's directory.
@@ -69,6 +70,10 @@ class DeepSpeedSharding(L.Callback):
 
             out = Path(ckpt).parent / self.consolidated
             convert_zero_checkpoint_to_fp32_state_dict(ckpt, out)
+            # Keep the weights alone: the full client state pickles hyperparameter objects, which a
+            # `torch.load(weights_only=True)` (what init_from does) refuses. We wrote it just above.
+            full = torch.load(out, map_location="cpu", weights_only=False)
+            torch.save({"state_dict": full["state_dict"], "global_step": full.get("global_step")}, out)
             log.info("consolidated %s -> %s (give it to the next phase as init_from)", ckpt, out)
         trainer.strategy.barrier()
 

@@ -59,3 +59,30 @@ def test_missing_vision_input(tiny_model):
     del batch["pixel_values"]
     with pytest.raises(ValueError, match="needs pixel_values"):
         tiny_model(**batch)
+
+
+def test_init_from_with_pickled_objects_is_a_clear_error(tmp_path, shared_tiny_model):
+    from arrcoc.data.sample_task import SampleTaskConfig
+    from arrcoc.phases.base import load_weights
+
+    path = tmp_path / "objects.ckpt"
+    torch.save({"state_dict": shared_tiny_model.state_dict(), "hparams": SampleTaskConfig()}, path)
+    with pytest.raises(ValueError, match=r"init_from=.*objects.ckpt.* holds Python objects besides tensors"):
+        load_weights(shared_tiny_model, str(path))
+
+
+def test_datamodule_checkpoints_hold_plain_hyperparameters(tmp_path, shared_tiny_model):
+    """A checkpoint of a run whose DataModule was built in Python (a SampleTaskConfig object) must still
+    load with weights_only=True, which is what init_from does."""
+    from arrcoc.data.datamodule import VQADataModule
+    from arrcoc.data.sample_task import SampleTaskConfig
+    from arrcoc.phases.base import load_weights
+
+    dm = VQADataModule(sample_task=SampleTaskConfig(train=8, val=4), cache_dir=str(tmp_path / "c"))
+    assert dm.hparams["sample_task"] == {"train": 8, "val": 4, "seed": 0, "image_size": 128,
+                                        "samples_per_shard": 1000, "list_objects": 0.25}
+    assert dm.sample_task == SampleTaskConfig(train=8, val=4)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": shared_tiny_model.state_dict(), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
+    report = load_weights(shared_tiny_model, str(path))
+    assert set(report.values()) == {"loaded"}

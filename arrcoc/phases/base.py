@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -254,7 +255,12 @@ def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"init_from={path!r} does not exist (give the previous phase's checkpoint)")
-    blob = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"init_from={path!r} holds Python objects besides tensors, which are not unpickled for safety "
+            f"({str(err).splitlines()[-1].strip()[:200]}); re-save it as {{'state_dict': ...}} of tensors") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"init_from={path!r} holds no state dict")
