@@ -7,7 +7,7 @@ import sys
 LIGHTNING = ("fit", "validate", "test", "predict")
 
 COMMANDS = {
-    "demo": ("arrcoc.demo", "forward/backward smoke of the whole model on the embedded tiny preset"),
+    "demo": ("arrcoc.demo", "train phases 1 -> 2 -> 3 on the tiny preset, then compare token budgets"),
     "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards"),
     "pretrain-encoder": ("arrcoc.tiny_encoder", "pretrain the embedded tiny encoder on the sample task"),
 }

@@ -23,6 +23,8 @@ from arrcoc.data.shards import Skip, is_sample, iter_tar, majority_answer
 from arrcoc.metrics import VQAAccuracy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LOW = 64  # the allocator's minimum budget (about 11% of the 576 tokens)
+SELECTIONS = ("learned", "random", "grid")
 
 
 def _phase_args(phase: int, steps: int, out: Path, args, init_from: Path | None) -> list[str]:
@@ -60,12 +62,15 @@ def step_time(model, batch: dict, full: bool, repeats: int = 5) -> float:
 
 
 def evaluate(model, datamodule) -> dict:
-    """Accuracy of the variants on the validation split, and visual-token statistics."""
+    """Accuracy of the variants on the validation split (overall and per question type), and
+    visual-token statistics."""
     model.eval()
-    names = ("full", "adaptive", "random", "grid", "majority")
+    names = ("full", "adaptive", "random", "grid", "majority", *(f"{sel}@{LOW}" for sel in SELECTIONS))
     acc = {n: VQAAccuracy() for n in names}
+    by_type: dict[str, dict[str, VQAAccuracy]] = {}
     majority = majority_baseline(datamodule.sources["train"][0].urls)
     tokens: list[int] = []
+    low_tokens: list[int] = []
     for batch in datamodule.val_dataloader():
         batch.pop("data_stats", None)
         inputs, valid, answers = model_inputs(batch), batch["valid"], batch["answers"]
@@ -75,12 +80,22 @@ def evaluate(model, datamodule) -> dict:
             outs = {"full": model.generate(**inputs, full_tokens=True), "adaptive": adaptive,
                     "random": model.generate(**inputs, budget=budget, selection="random"),
                     "grid": model.generate(**inputs, budget=budget, selection="grid")}
-        for name, out in outs.items():
-            acc[name].update(out.texts, answers, valid)
-        acc["majority"].update([majority] * len(answers), answers, valid)
+            # the same three selections at a small fixed budget, where which tokens are kept matters most
+            outs |= {f"{sel}@{LOW}": model.generate(**inputs, budget=LOW, selection=sel) for sel in SELECTIONS}
+        texts = {name: out.texts for name, out in outs.items()} | {"majority": [majority] * len(answers)}
+        types = batch.get("question_type") or [""] * len(answers)
+        for name, pred in texts.items():
+            acc[name].update(pred, answers, valid)
+            for qt in set(types) - {""}:
+                mask = valid & torch.tensor([t == qt for t in types])
+                by_type.setdefault(qt, {n: VQAAccuracy() for n in names})[name].update(pred, answers, mask)
         tokens += adaptive.allocation.visual_tokens[valid].tolist()
+        low_tokens += outs[f"learned@{LOW}"].allocation.visual_tokens[valid].tolist()
     return {"accuracy": {n: float(m.compute()) for n, m in acc.items()}, "majority_answer": majority,
+            "accuracy_by_type": {qt: {n: float(m.compute()) for n, m in ms.items()}
+                                 for qt, ms in sorted(by_type.items())},
             "visual_tokens": {"mean": statistics.mean(tokens), "min": min(tokens), "max": max(tokens)},
+            "visual_tokens_fixed_budget": statistics.mean(low_tokens),
             "samples": len(tokens)}
 
 
@@ -131,12 +146,19 @@ def _config_steps(phase: int) -> int:
 def _print_table(r: dict, n: int) -> None:
     a, vt, st = r["accuracy"], r["visual_tokens"], r["step_time_ms"]
     adaptive = f"{vt['mean']:.0f} (min {vt['min']}, max {vt['max']})"
+    low = f"{r['visual_tokens_fixed_budget']:.0f}"
     rows = [("all tokens (baseline)", f"{n}", a["full"]), ("adaptive (learned)", adaptive, a["adaptive"]),
             ("random, same budgets", adaptive, a["random"]), ("grid, same budgets", adaptive, a["grid"]),
+            *((f"{sel} selection, budget {LOW}", low, a[f"{sel}@{LOW}"]) for sel in SELECTIONS),
             (f"majority answer ({r['majority_answer']!r})", "0", a["majority"])]
     print(f"\n{'variant':34s}{'visual tokens / sample':>30s}{'VQA accuracy':>14s}")
     for name, tok, acc in rows:
         print(f"{name:34s}{tok:>30s}{100 * acc:>13.1f}%")
+    if r.get("accuracy_by_type"):
+        cols = ("full", "adaptive", "random", "grid", *(f"{sel}@{LOW}" for sel in SELECTIONS), "majority")
+        print(f"\n{'question type':20s}" + "".join(f"{'all' if c == 'full' else c:>11s}" for c in cols))
+        for qt, accs in r["accuracy_by_type"].items():
+            print(f"{qt:20s}" + "".join(f"{100 * accs[c]:>10.1f}%" for c in cols))
     print(f"\nadaptive / all-token accuracy: {100 * a['adaptive'] / max(a['full'], 1e-9):.1f}%   "
           f"({r['samples']} validation questions)")
     print(f"training step, full vs adaptive: {st['full']:.0f} ms vs {st['adaptive']:.0f} ms = "
