@@ -83,6 +83,8 @@ class VQADataModule(L.LightningDataModule):
             raise ValueError(f"num_workers={num_workers} must be >= 0")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch={samples_per_epoch} must be >= 1")
+        if isinstance(sample_task, dict):  # as stored in checkpoints (load_from_checkpoint passes it back)
+            sample_task = SampleTaskConfig(**sample_task)
         self.save_hyperparameters(ignore=["sample_task"])
         # Plain values in checkpoints: a pickled dataclass would stop `torch.load(weights_only=True)`.
         self.hparams["sample_task"] = None if sample_task is None else {

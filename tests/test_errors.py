@@ -82,6 +82,8 @@ def test_datamodule_checkpoints_hold_plain_hyperparameters(tmp_path, shared_tiny
     assert dm.hparams["sample_task"] == {"train": 8, "val": 4, "seed": 0, "image_size": 128,
                                         "samples_per_shard": 1000, "list_objects": 0.25}
     assert dm.sample_task == SampleTaskConfig(train=8, val=4)
+    again = VQADataModule(sample_task=dm.hparams["sample_task"], cache_dir=str(tmp_path / "c"))
+    assert again.sample_task == dm.sample_task  # what load_from_checkpoint passes back
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": shared_tiny_model.state_dict(), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
     report = load_weights(shared_tiny_model, str(path))
