@@ -75,6 +75,9 @@ def evaluate(model, datamodule) -> dict:
         batch.pop("data_stats", None)
         inputs, valid, answers = model_inputs(batch), batch["valid"], batch["answers"]
         with torch.no_grad():
+            if "patch_features" not in inputs:  # the frozen encoder runs once; all seven variants reuse it
+                seen = model.encoder(inputs["pixel_values"])
+                inputs |= {"patch_features": seen.flat(), "cls_features": seen.cls}
             adaptive = model.generate(**inputs)
             budget = adaptive.allocation.budget
             outs = {"full": model.generate(**inputs, full_tokens=True), "adaptive": adaptive,

@@ -93,6 +93,13 @@ class _Batches(torch.utils.data.IterableDataset):
                          self.radius)
 
 
+def _hits(lc, ls, color, shape):
+    """[colour hits, shape hits, count] over the patches that lie on an object."""
+    on_obj = color > 0
+    return torch.stack([(lc.argmax(-1)[on_obj] == color[on_obj]).sum(), (ls.argmax(-1)[on_obj] == shape[on_obj]).sum(),
+                        on_obj.sum()]).float()
+
+
 def _loader(name: str, count: int, batch_size: int, image_size: int, grid: int, workers: int, radius):
     return torch.utils.data.DataLoader(_Batches(name, count, batch_size, image_size, grid, radius),
                                        batch_size=None, num_workers=workers, persistent_workers=False)
@@ -134,19 +141,16 @@ def pretrain(out: Path, steps: int = 600, seed: int = 0, batch_size: int = 32, l
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps - 1:
-            on_obj = color > 0
+            c_hit, s_hit, n = _hits(lc, ls, color, shape).tolist()
             log.info("pretrain step %d/%d loss %.3f colour %.3f shape %.3f (%.0f s)", step, steps, loss.item(),
-                     (lc.argmax(-1)[on_obj] == color[on_obj]).float().mean().item(),
-                     (ls.argmax(-1)[on_obj] == shape[on_obj]).float().mean().item(), time.perf_counter() - t0)
+                     c_hit / max(n, 1), s_hit / max(n, 1), time.perf_counter() - t0)
     hits = torch.zeros(3, device=device)
     visual.eval()
     with torch.no_grad():
         for pixels, color, shape, _ in _loader("heldout", 512 // 64, 64, image_size, grid, workers, radius):
             color, shape = color.to(device), shape.to(device)
             lc, ls, _ = run(pixels)
-            on_obj = color > 0
-            hits += torch.stack([(lc.argmax(-1)[on_obj] == color[on_obj]).sum(),
-                                 (ls.argmax(-1)[on_obj] == shape[on_obj]).sum(), on_obj.sum()]).float()
+            hits += _hits(lc, ls, color, shape)
     stats = {"color_acc_on_objects": (hits[0] / hits[2]).item(), "shape_acc_on_objects": (hits[1] / hits[2]).item(),
              "seconds": time.perf_counter() - t0}
     log.info("pretrain held-out: %s", " ".join(f"{k} {v:.3f}" for k, v in stats.items()))
