@@ -3,8 +3,10 @@
 Each phase runs from its YAML in ``configs/`` (tiny preset, the sample task generated on first use),
 hands its weights to the next through ``init_from``, and the final model is compared on the sample
 task's validation split: all 576 tokens, its own adaptive budgets, random and grid selections at the
-same per-sample budgets, and the majority answer; plus the measured step-time ratio of full-token
-vs adaptive training steps in the same run. The table is also written to ``results.json``.
+same per-sample budgets, the majority answer, and all tokens of another sample's image (what the
+model answers from the question alone: the gap to "all tokens" is how much it uses the image); plus
+the measured step-time ratio of full-token vs adaptive training steps in the same run. The table is
+also written to ``results.json``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def evaluate(model, datamodule) -> dict:
     """Accuracy of the variants on the validation split (overall and per question type), and
     visual-token statistics."""
     model.eval()
-    names = ("full", "adaptive", "random", "grid", "majority", *(f"{sel}@{LOW}" for sel in SELECTIONS))
+    names = ("full", "shuffled", "adaptive", "random", "grid", "majority", *(f"{sel}@{LOW}" for sel in SELECTIONS))
     acc = {n: VQAAccuracy() for n in names}
     by_type: dict[str, dict[str, VQAAccuracy]] = {}
     majority = majority_baseline(datamodule.sources["train"][0].urls)
@@ -85,6 +87,10 @@ def evaluate(model, datamodule) -> dict:
                     "grid": model.generate(**inputs, budget=budget, selection="grid")}
             # the same three selections at a small fixed budget, where which tokens are kept matters most
             outs |= {f"{sel}@{LOW}": model.generate(**inputs, budget=LOW, selection=sel) for sel in SELECTIONS}
+            # the image-use control: each question with the next sample's image, all tokens
+            other = {k: (v.roll(1, 0) if v is not None else None) for k, v in inputs.items()
+                     if k in ("patch_features", "cls_features")}
+            outs["shuffled"] = model.generate(**(inputs | other), full_tokens=True)
         texts = {name: out.texts for name, out in outs.items()} | {"majority": [majority] * len(answers)}
         types = batch.get("question_type") or [""] * len(answers)
         for name, pred in texts.items():
@@ -150,7 +156,8 @@ def _print_table(r: dict, n: int) -> None:
     a, vt, st = r["accuracy"], r["visual_tokens"], r["step_time_ms"]
     adaptive = f"{vt['mean']:.0f} (min {vt['min']}, max {vt['max']})"
     low = f"{r['visual_tokens_fixed_budget']:.0f}"
-    rows = [("all tokens (baseline)", f"{n}", a["full"]), ("adaptive (learned)", adaptive, a["adaptive"]),
+    rows = [("all tokens (baseline)", f"{n}", a["full"]), ("all tokens, another image", f"{n}", a["shuffled"]),
+            ("adaptive (learned)", adaptive, a["adaptive"]),
             ("random, same budgets", adaptive, a["random"]), ("grid, same budgets", adaptive, a["grid"]),
             *((f"{sel} selection, budget {LOW}", low, a[f"{sel}@{LOW}"]) for sel in SELECTIONS),
             (f"majority answer ({r['majority_answer']!r})", "0", a["majority"])]
@@ -158,7 +165,7 @@ def _print_table(r: dict, n: int) -> None:
     for name, tok, acc in rows:
         print(f"{name:34s}{tok:>30s}{100 * acc:>13.1f}%")
     if r.get("accuracy_by_type"):
-        cols = ("full", "adaptive", "random", "grid", *(f"{sel}@{LOW}" for sel in SELECTIONS), "majority")
+        cols = ("full", "shuffled", "adaptive", "random", "grid", *(f"{sel}@{LOW}" for sel in SELECTIONS), "majority")
         print(f"\n{'question type':20s}" + "".join(f"{'all' if c == 'full' else c:>11s}" for c in cols))
         for qt, accs in r["accuracy_by_type"].items():
             print(f"{qt:20s}" + "".join(f"{100 * accs[c]:>10.1f}%" for c in cols))

@@ -15,7 +15,8 @@ def test_demo_runs_the_three_phases_and_reports(tmp_path):
         assert (tmp_path / "run" / f"phase{phase}" / "checkpoints" / "last.ckpt").is_file()
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     acc = results["accuracy"]
-    assert set(acc) == {"full", "adaptive", "random", "grid", "majority", "learned@64", "random@64", "grid@64"}
+    assert set(acc) == {"full", "shuffled", "adaptive", "random", "grid", "majority", "learned@64", "random@64",
+                        "grid@64"}
     assert all(0.0 <= v <= 1.0 for v in acc.values()) and results["samples"] == 24
     vt = results["visual_tokens"]
     assert 64 <= vt["min"] <= vt["mean"] <= vt["max"] <= 401
@@ -24,7 +25,8 @@ def test_demo_runs_the_three_phases_and_reports(tmp_path):
     assert set(results["accuracy_by_type"]) == {"attribute", "existence", "count", "spatial"}
     assert results["step_time_ms"]["ratio"] > 0
     text = out.stdout
-    for row in ("all tokens (baseline)", "adaptive (learned)", "random, same budgets", "grid, same budgets",
-                "learned selection, budget 64", "random selection, budget 64", "majority answer"):
+    for row in ("all tokens (baseline)", "all tokens, another image", "adaptive (learned)",
+                "random, same budgets", "grid, same budgets", "learned selection, budget 64",
+                "random selection, budget 64", "majority answer"):
         assert row in text
     assert re.search(r"training step, full vs adaptive: \d+ ms vs \d+ ms = [\d.]+x", text)
