@@ -87,7 +87,8 @@ def evaluate(model, datamodule) -> dict:
                     "grid": model.generate(**inputs, budget=budget, selection="grid")}
             # the same three selections at a small fixed budget, where which tokens are kept matters most
             outs |= {f"{sel}@{LOW}": model.generate(**inputs, budget=LOW, selection=sel) for sel in SELECTIONS}
-            # the image-use control: each question with the next sample's image, all tokens
+            # the image-use control: each question with the next sample's image, all tokens (a batch
+            # needs two samples or more: the demo's validation batches hold 50)
             other = {k: (v.roll(1, 0) if v is not None else None) for k, v in inputs.items()
                      if k in ("patch_features", "cls_features")}
             outs["shuffled"] = model.generate(**(inputs | other), full_tokens=True)
