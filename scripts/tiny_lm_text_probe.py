@@ -5,7 +5,7 @@ A diagnostic, not part of training. The scene is given as words instead of an im
 token is involved: if the tiny LLM cannot learn this, it cannot learn the image version either.
 Prints held-out accuracy (chance 0.5) as training goes. Answers are "yes"/"no", half each.
 
-    python scripts/tiny_lm_text_probe.py --steps 2000 --lr 2e-3 --layers 2
+    python scripts/tiny_lm_text_probe.py --steps 2000 --lr 2e-3
 
 Measured on the 2-core development machine (2026-11-27), 2 layers at lr 2e-3: chance (0.48-0.52)
 at every evaluation up to 12000 steps of batch 64 (768k questions, 22 minutes on one core).
@@ -20,19 +20,19 @@ import time
 import torch
 import torch.nn.functional as F
 
-import arrcoc.language_model as lm_module
 from arrcoc.data.sample_task import COLORS, list_objects, make_scene
+from arrcoc.language_model import LanguageModel
 
 
-def sample(index: int, split: str) -> tuple[str, str]:
-    """(prompt, answer) for one scene of the sample task, described in words."""
+def sample(index: int, split: str, tok) -> tuple[str, str]:
+    """(prompt, answer) for one scene of the sample task, described in words, in the chat format."""
     rng = random.Random(f"text-probe/{split}/{index}")
     objs = make_scene(rng, 128)
     present = sorted({o.color for o in objs})
     absent = [c for c in sorted(COLORS) if c not in present]
     color, answer = (rng.choice(absent), "no") if absent and rng.random() < 0.5 else (rng.choice(present), "yes")
-    prompt = f"<|user|>\nScene: {list_objects(objs)}. Is there a {color} object?</s>\n<|assistant|>\n"
-    return prompt, answer
+    user = [{"role": "user", "content": f"Scene: {list_objects(objs)}. Is there a {color} object?"}]
+    return tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False), answer
 
 
 def main() -> None:
@@ -40,21 +40,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers (the preset has 2)")
     parser.add_argument("--eval-every", type=int, default=200)
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    make_config = lm_module.LlamaConfig
-    lm_module.LlamaConfig = lambda **kw: make_config(**{**kw, "num_hidden_layers": args.layers})
-    lm = lm_module.LanguageModel()
-    lm_module.LlamaConfig = make_config
+    lm = LanguageModel()  # the arrcoc-tiny-lm preset, randomly initialised
     tok = lm.tokenizer
     yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
     opt = torch.optim.AdamW(lm.parameters(), lr=args.lr)
 
     def loss_and_accuracy(indices, split: str):
-        prompts, answers = zip(*(sample(i, split) for i in indices), strict=True)
+        prompts, answers = zip(*(sample(i, split, tok) for i in indices), strict=True)
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         width = max(map(len, ids))
         batch = torch.full((len(ids), width), tok.pad_token_id)
