@@ -2,13 +2,15 @@
 
 The LLM is the last stage of the data flow: it receives text embeddings with the projected visual
 tokens spliced in (see :mod:`arrcoc.packing`) and predicts the answer. Real presets load by name or
-path through ``from_pretrained``; ``arrcoc-tiny-lm`` builds a small Llama-style decoder from a config
-and the locally built tokenizer, so nothing is downloaded.
+path through ``from_pretrained``; ``arrcoc-tiny-lm`` is a small Llama-style decoder with a locally built
+tokenizer, so nothing is downloaded: randomly initialised from its config, or (``pretrained: text``)
+loaded through ``from_pretrained`` from the weights ``arrcoc pretrain-lm`` made and the package ships.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +41,19 @@ def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, attn_implem
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or "sdpa")
 
 
+def _tiny_checkpoint(pretrained: str) -> str:
+    """``text`` -> the shipped directory; anything else must be a directory holding a ``config.json``."""
+    from arrcoc.tiny_lm import TEXT_TAG, text_checkpoint
+
+    if pretrained == TEXT_TAG:
+        return str(text_checkpoint())
+    path = Path(pretrained).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"llm.pretrained={pretrained!r} is neither {TEXT_TAG!r} (the shipped weights) nor a "
+                                "checkpoint directory with a config.json (what `arrcoc pretrain-lm --out DIR` writes)")
+    return str(path)
+
+
 def build_tokenizer(name: str = TINY_LM, trust_remote_code: bool = False,
                     revision: str | None = None) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer with a pad token and the ``<image>`` placeholder, without loading weights:
@@ -67,6 +82,10 @@ class LanguageModel(nn.Module):
         trust_remote_code: passed to transformers; off unless a config turns it on.
         attn_implementation: e.g. ``sdpa``, ``flash_attention_2``; ``None`` lets transformers choose.
         revision: a model revision (branch, tag or commit) for hub names.
+        pretrained: tiny preset only: ``text`` for the shipped weights (pretrained by
+            ``arrcoc pretrain-lm`` on the sample task's questions about scenes written in words), or a
+            checkpoint directory that command wrote; ``None`` starts from random init. Other names are
+            pretrained already: they must leave it ``None``.
     """
 
     def __init__(
@@ -76,17 +95,32 @@ class LanguageModel(nn.Module):
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
         revision: str | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"llm.dtype={dtype!r} is not supported; valid: {sorted(_DTYPES)} or null")
-        self.name = name
+        if pretrained in ("None", "null", ""):
+            # `--...llm.init_args.pretrained null` reaches nested init_args as the string "None"
+            pretrained = None
+        if pretrained is not None and name != TINY_LM:
+            raise ValueError(f"llm.pretrained={pretrained!r} applies to {TINY_LM} only; {name!r} loads its own "
+                             "weights: leave pretrained null (or point name at a local checkpoint)")
+        self.name, self.pretrained = name, pretrained
         tokenizer = build_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
-        if name == TINY_LM:
+        if name == TINY_LM and pretrained is None:
             model = _tiny_lm(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                              tokenizer.eos_token_id, attn_implementation)
             if dtype is not None:
                 model.to(_DTYPES[dtype])
+        elif name == TINY_LM:
+            model = AutoModelForCausalLM.from_pretrained(
+                _tiny_checkpoint(pretrained), dtype=_DTYPES[dtype] if dtype else torch.float32,
+                attn_implementation=attn_implementation or "sdpa")
+            if model.get_input_embeddings().num_embeddings != len(tokenizer):
+                raise ValueError(f"llm.pretrained={pretrained!r} has a vocabulary of "
+                                 f"{model.get_input_embeddings().num_embeddings} tokens; the tiny tokenizer has "
+                                 f"{len(tokenizer)}: remake it with `arrcoc pretrain-lm`")
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 name, dtype=_DTYPES[dtype] if dtype else "auto", attn_implementation=attn_implementation,

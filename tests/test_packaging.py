@@ -32,7 +32,9 @@ def test_wheel_contents(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("arrcoc/model.py", "arrcoc/scorers/base.py", "arrcoc/data/prompt.py",
                      "arrcoc/callbacks/__init__.py", "arrcoc/presets/arrcoc-tiny-vit.json",
-                     "arrcoc/presets/arrcoc-tiny-vit-shapes.pt"):
+                     "arrcoc/presets/arrcoc-tiny-vit-shapes.pt", "arrcoc/phases/base.py", "arrcoc/train/cli.py",
+                     "arrcoc/metrics/vqa.py", "arrcoc/presets/arrcoc-tiny-lm-text/model.safetensors",
+                     "arrcoc/presets/arrcoc-tiny-lm-text/config.json"):
         assert required in names, required
     import arrcoc
 

@@ -10,8 +10,9 @@ from arrcoc.phases.base import PhaseModule
 class AlignPhase(PhaseModule):
     """Teaches the projector (and the 2-D positions) to speak the LLM's language with all 576 tokens.
 
-    The LLM is frozen for pretrained presets and trains for the tiny preset, which starts random
-    (``train_llm``). Allocation is off, so the allocation modules are frozen and unused.
+    The LLM is frozen for pretrained presets and trains for the tiny preset, whose 2-layer decoder has
+    read text only (``pretrained: text``) or starts random (``train_llm``). Allocation is off, so the
+    allocation modules are frozen and unused.
     """
 
     trainable: ClassVar[tuple[str, ...]] = ("positions", "projector", "llm")

@@ -46,7 +46,7 @@ class PhaseModule(L.LightningModule):
         weight_decay: AdamW weight decay on matrices (not on norms and biases).
         warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio`` of each group's rate.
         train_llm: whether the LLM learns where the phase allows it; default: only the tiny preset
-            (its LLM starts random), never a pretrained one.
+            (a 2-layer decoder that has read text only, or starts random), never a real pretrained one.
         max_new_tokens: answer length for greedy decoding in validation, test and predict.
         eval_full_tokens: in validation and test, also answer with all patches (the baseline).
         max_nan_steps: consecutive non-finite losses tolerated (each step skipped on every rank);
@@ -56,8 +56,8 @@ class PhaseModule(L.LightningModule):
     trainable: ClassVar[tuple[str, ...]] = ()
     full_tokens: ClassVar[bool] = False
     default_lr: ClassVar[dict[str, float]] = {}
-    #: default rate of a pretrained LLM where a phase trains it (the tiny preset's starts random and
-    #: uses ``default_lr``); ``lr: {llm: ...}`` overrides it.
+    #: default rate of a real pretrained LLM where a phase trains it (the tiny preset's LLM is small
+    #: and uses ``default_lr``); ``lr: {llm: ...}`` overrides it.
     pretrained_llm_lr: ClassVar[float] = 2e-5
 
     def __init__(

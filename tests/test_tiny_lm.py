@@ -1,0 +1,94 @@
+"""The tiny LLM's text pretraining (``arrcoc pretrain-lm``) and its shipped ``pretrained: text`` weights."""
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from arrcoc.data.prompt import VQAPromptBuilder
+from arrcoc.language_model import LanguageModel
+from arrcoc.tiny_lm import _answer_loss, _collate, pretrain, text_checkpoint, text_sample
+from arrcoc.tokenizer import IMAGE_TOKEN
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _heldout_accuracy(lm: LanguageModel, n: int = 400) -> dict[str, float]:
+    prompts = VQAPromptBuilder(lm.tokenizer)
+    items = [text_sample(random.Random(f"test-tiny-lm/{i}"), prompts) for i in range(n)]
+    with torch.no_grad():
+        _, exact = _answer_loss(lm.eval(), *_collate(items, lm.tokenizer.pad_token_id))
+    hits: dict[str, list[bool]] = {}
+    for ok, (_, _, kind) in zip(exact.tolist(), items, strict=True):
+        hits.setdefault(kind, []).append(ok)
+    return {k: sum(v) / len(v) for k, v in hits.items()}
+
+
+def test_text_sample_puts_the_worded_scene_where_the_image_goes():
+    lm = LanguageModel()
+    ids, labels, kind = text_sample(random.Random(0), VQAPromptBuilder(lm.tokenizer))
+    text = lm.tokenizer.decode(ids)
+    assert IMAGE_TOKEN not in text and text.startswith("<|user|>\n ") and kind in text_kinds()
+    answer = lm.tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert answer.endswith("</s>") and len(answer) > len("</s>")  # only the answer (and its end) is supervised
+
+
+def text_kinds() -> set[str]:
+    from arrcoc.data.sample_task import KINDS
+
+    return set(KINDS)
+
+
+def test_pretraining_learns_and_loads_through_from_pretrained(tmp_path):
+    torch.manual_seed(0)
+    before = _heldout_accuracy(LanguageModel(), n=200)
+    stats = pretrain(tmp_path / "lm", steps=150, batch_size=32, heldout=200, eval_every=1000)
+    # 7 colours: a random answer is right 1/7 of the time, and the untrained model is right never
+    assert stats["attribute"] > 0.3 > before["attribute"], (before, stats)
+    assert (tmp_path / "lm" / "recipe.json").is_file()
+    lm = LanguageModel(pretrained=str(tmp_path / "lm"))
+    assert lm.pretrained == str(tmp_path / "lm")
+    assert _heldout_accuracy(lm, n=200)["attribute"] == pytest.approx(stats["attribute"], abs=0.1)
+
+
+def test_shipped_weights_load_by_tag_and_read_worded_scenes():
+    """The shipped LLM answers questions about scenes in words on fresh samples far above chance
+    (exact match: colours 1/7, yes/no 1/2; counts are mostly 0-2)."""
+    from safetensors.torch import load_file
+
+    lm = LanguageModel(pretrained="text")
+    saved = load_file(text_checkpoint() / "model.safetensors")
+    assert torch.equal(lm.model.get_input_embeddings().weight, saved["model.embed_tokens.weight"])
+    acc = _heldout_accuracy(lm)
+    assert acc["count"] > 0.8 and acc["existence"] > 0.7 and acc["attribute"] > 0.4, acc
+
+
+def test_pretrained_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match=r"llm.pretrained='text' applies to arrcoc-tiny-lm only"):
+        LanguageModel(str(tmp_path), pretrained="text")
+    with pytest.raises(FileNotFoundError, match=r"llm.pretrained='.*nowhere' is neither 'text'"):
+        LanguageModel(pretrained=str(tmp_path / "nowhere"))
+
+
+def test_null_from_the_command_line_means_random_init(tmp_path):
+    from arrcoc.train.cli import build_cli
+
+    cli = build_cli(["--config", str(CONFIGS / "phase1.yaml"), "--data.cache_dir", str(tmp_path),
+                     "--model.init_args.model.llm.init_args.pretrained", "null"], run=False)
+    assert cli.model.model.llm.pretrained is None
+
+
+def test_real_preset_layer_clears_the_tiny_option():
+    """phase1.yaml sets ``pretrained: text``; the real-preset layer on top must reset it, or the hub LLM
+    would be refused."""
+    out = subprocess.run([sys.executable, "-m", "arrcoc.cli", "fit", "--config", str(CONFIGS / "phase1.yaml"),
+                          "--config", str(CONFIGS / "presets" / "eva02-l-qwen2.5-1.5b.yaml"), "--print_config"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("[20"))  # deepspeed's
+    llm = yaml.safe_load(printed)["model"]["init_args"]["model"]["init_args"]["llm"]["init_args"]
+    assert llm["name"] == "Qwen/Qwen2.5-1.5B-Instruct" and llm["pretrained"] is None
