@@ -88,6 +88,22 @@ def _answer_loss(lm, ids, labels, mask) -> tuple[torch.Tensor, torch.Tensor]:
     return loss, exact
 
 
+def heldout_accuracy(lm, samples: list, chunk: int = 200) -> dict[str, float]:
+    """Exact match of every answer token, per question kind, over ``text_sample`` items (eval mode,
+    no gradient; the model's train/eval mode is restored)."""
+    was_training = lm.training
+    lm.eval()
+    hits: dict[str, list[bool]] = defaultdict(list)
+    with torch.no_grad():
+        for start in range(0, len(samples), chunk):
+            part = samples[start:start + chunk]
+            _, exact = _answer_loss(lm, *_collate(part, lm.tokenizer.pad_token_id))
+            for ok, (_, _, kind) in zip(exact.tolist(), part, strict=True):
+                hits[kind].append(ok)
+    lm.train(was_training)
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
 def pretrain(out: Path, steps: int = 4000, seed: int = 0, batch_size: int = 64, lr: float = 1e-3,
              warmup: int = 100, heldout: int = 800, eval_every: int = 500,
              image_first: bool = True, command: str | None = None) -> dict[str, float]:
@@ -103,18 +119,6 @@ def pretrain(out: Path, steps: int = 4000, seed: int = 0, batch_size: int = 64, 
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
 
-    def evaluate() -> dict[str, float]:
-        lm.eval()
-        with torch.no_grad():
-            hits = defaultdict(list)
-            for start in range(0, len(held), 200):
-                chunk = held[start:start + 200]
-                _, exact = _answer_loss(lm, *_collate(chunk, pad))
-                for ok, (_, _, kind) in zip(exact.tolist(), chunk, strict=True):
-                    hits[kind].append(ok)
-        lm.train()
-        return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
-
     t0 = time.perf_counter()
     for step in range(steps):
         rng = random.Random(f"arrcoc-pretrain-lm/{seed}/train/{step}")
@@ -125,10 +129,10 @@ def pretrain(out: Path, steps: int = 4000, seed: int = 0, batch_size: int = 64, 
         opt.step()
         sched.step()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            acc = evaluate()
+            acc = heldout_accuracy(lm, held)
             log.info("pretrain-lm step %d/%d loss %.3f held-out %s (%.0f s)", step + 1, steps, loss.item(),
                      " ".join(f"{k} {v:.2f}" for k, v in acc.items()), time.perf_counter() - t0)
-    stats = {**evaluate(), "seconds": time.perf_counter() - t0}
+    stats = {**heldout_accuracy(lm, held), "seconds": time.perf_counter() - t0}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     lm.model.save_pretrained(tmp)

@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from arrcoc.data.prompt import VQAPromptBuilder
+from arrcoc.data.sample_task import KINDS
 from arrcoc.language_model import LanguageModel
-from arrcoc.tiny_lm import _answer_loss, _collate, pretrain, text_checkpoint, text_sample
+from arrcoc.tiny_lm import heldout_accuracy, pretrain, text_checkpoint, text_sample
 from arrcoc.tokenizer import IMAGE_TOKEN
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -19,28 +20,16 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def _heldout_accuracy(lm: LanguageModel, n: int = 400) -> dict[str, float]:
     prompts = VQAPromptBuilder(lm.tokenizer)
-    items = [text_sample(random.Random(f"test-tiny-lm/{i}"), prompts) for i in range(n)]
-    with torch.no_grad():
-        _, exact = _answer_loss(lm.eval(), *_collate(items, lm.tokenizer.pad_token_id))
-    hits: dict[str, list[bool]] = {}
-    for ok, (_, _, kind) in zip(exact.tolist(), items, strict=True):
-        hits.setdefault(kind, []).append(ok)
-    return {k: sum(v) / len(v) for k, v in hits.items()}
+    return heldout_accuracy(lm, [text_sample(random.Random(f"test-tiny-lm/{i}"), prompts) for i in range(n)])
 
 
 def test_text_sample_puts_the_worded_scene_where_the_image_goes():
     lm = LanguageModel()
     ids, labels, kind = text_sample(random.Random(0), VQAPromptBuilder(lm.tokenizer))
     text = lm.tokenizer.decode(ids)
-    assert IMAGE_TOKEN not in text and text.startswith("<|user|>\n ") and kind in text_kinds()
+    assert IMAGE_TOKEN not in text and text.startswith("<|user|>\n ") and kind in KINDS
     answer = lm.tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
     assert answer.endswith("</s>") and len(answer) > len("</s>")  # only the answer (and its end) is supervised
-
-
-def text_kinds() -> set[str]:
-    from arrcoc.data.sample_task import KINDS
-
-    return set(KINDS)
 
 
 def test_pretraining_learns_and_loads_through_from_pretrained(tmp_path):
