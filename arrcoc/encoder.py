@@ -92,6 +92,7 @@ class VisionEncoder(nn.Module):
                 f"encoder.name={name!r} is not an open_clip model; valid names include "
                 f"{TINY_ENCODER!r}, 'EVA02-L-14-336', 'ViT-L-14-336' (see open_clip.list_models())"
             )
+        self.pretrained = pretrained  # as given (a tag, a path, or None for random init)
         if name == TINY_ENCODER and pretrained == "shapes":
             # The tiny preset's own weights: pretrained by arrcoc on the sample task, shipped in presets/.
             from arrcoc.tiny_encoder import shapes_checkpoint

@@ -100,9 +100,6 @@ class LanguageModel(nn.Module):
         super().__init__()
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"llm.dtype={dtype!r} is not supported; valid: {sorted(_DTYPES)} or null")
-        if pretrained in ("None", "null", ""):
-            # `--...llm.init_args.pretrained null` reaches nested init_args as the string "None"
-            pretrained = None
         if pretrained is not None and name != TINY_LM:
             raise ValueError(f"llm.pretrained={pretrained!r} applies to {TINY_LM} only; {name!r} loads its own "
                              "weights: leave pretrained null (or point name at a local checkpoint)")

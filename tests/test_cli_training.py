@@ -164,3 +164,37 @@ def test_errors_name_the_problem(tmp_path):
     no_data = arrcoc("fit", "--config", "configs/phase1.yaml", "--data.sample_task", "null", "--data.train",
                      str(tmp_path / "missing-shards"), "--trainer.max_steps", "1")
     assert no_data.returncode != 0 and "missing-shards" in no_data.stderr
+
+
+def test_null_on_the_command_line_reaches_nested_components(tmp_path):
+    """jsonargparse turns `null` in a subclass nested in a subclass into the string "None"; the CLI gives
+    back None where the parameter admits it, for every component (here both towers start random)."""
+    from arrcoc.train.cli import build_cli
+
+    prefix = "--model.init_args.model"
+    cli = build_cli(["--config", str(ROOT / "configs/phase1.yaml"), "--data.cache_dir", str(tmp_path),
+                     f"{prefix}.llm.init_args.pretrained", "null", f"{prefix}.encoder.init_args.pretrained", "null"],
+                    run=False)
+    model = cli.model.model
+    assert model.llm.pretrained is None and model.encoder.pretrained is None
+    parsed = cli.config["model"]["init_args"]["model"]["init_args"]  # what config.yaml of the run records
+    assert parsed["llm"]["init_args"]["pretrained"] is None and parsed["encoder"]["init_args"]["pretrained"] is None
+    # Without the override both load arrcoc's shipped weights, so the encoder differs from random init.
+    shipped = build_cli(["--config", str(ROOT / "configs/phase1.yaml"), "--data.cache_dir", str(tmp_path)],
+                        run=False).model.model
+    assert shipped.encoder.pretrained == "shapes" and shipped.llm.pretrained == "text"
+
+
+def test_restore_nulls_only_where_none_is_valid():
+    from jsonargparse import Namespace
+
+    from arrcoc.train.cli import restore_nulls
+
+    cfg = Namespace(model=Namespace(class_path="arrcoc.language_model.LanguageModel", init_args=Namespace(
+        name="None", pretrained="None", dtype="bfloat16")), other=[Namespace(
+            class_path="arrcoc.encoder.VisionEncoder", init_args=Namespace(pretrained="None"))])
+    restore_nulls(cfg)
+    assert cfg.model.init_args.pretrained is None  # str | None: the null the user meant
+    assert cfg.model.init_args.name == "None"  # str only: left for the class to reject, as parsed
+    assert cfg.model.init_args.dtype == "bfloat16"
+    assert cfg.other[0].init_args.pretrained is None  # nodes inside lists too

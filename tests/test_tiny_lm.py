@@ -63,14 +63,6 @@ def test_pretrained_errors_name_the_field(tmp_path):
         LanguageModel(pretrained=str(tmp_path / "nowhere"))
 
 
-def test_null_from_the_command_line_means_random_init(tmp_path):
-    from arrcoc.train.cli import build_cli
-
-    cli = build_cli(["--config", str(CONFIGS / "phase1.yaml"), "--data.cache_dir", str(tmp_path),
-                     "--model.init_args.model.llm.init_args.pretrained", "null"], run=False)
-    assert cli.model.model.llm.pretrained is None
-
-
 def test_real_preset_layer_clears_the_tiny_option():
     """phase1.yaml sets ``pretrained: text``; the real-preset layer on top must reset it, or the hub LLM
     would be refused."""

@@ -7,10 +7,14 @@ override reaches every key that interpolates it.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
+import typing
+from typing import Any
 
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from arrcoc.data.datamodule import VQADataModule
@@ -22,9 +26,51 @@ class ARRCOCCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+        restore_nulls(cfg)
         ckpt = cfg.get("ckpt_path") if cfg is not None else None
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not os.path.isfile(ckpt):
             raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist")
+
+
+def restore_nulls(node: Any) -> None:
+    """Give back ``None`` where the parser turned a ``null`` into the string ``"None"``.
+
+    jsonargparse (4.53) parses ``--model.init_args.model.llm.init_args.pretrained null`` (a subclass
+    nested in a subclass) to the string ``"None"``. Walks the config in place and, in each
+    ``class_path``/``init_args`` node, resets a ``"None"`` to ``None`` where that parameter admits
+    ``None`` (an ``Optional`` annotation or a ``None`` default); everything else is left as parsed.
+    """
+    if isinstance(node, list):
+        for item in node:
+            restore_nulls(item)
+        return
+    if not isinstance(node, Namespace | dict):
+        return
+    fields = vars(node) if isinstance(node, Namespace) else node
+    init_args = fields.get("init_args")
+    if isinstance(fields.get("class_path"), str) and isinstance(init_args, Namespace | dict):
+        params = _parameters(fields["class_path"])
+        args = vars(init_args) if isinstance(init_args, Namespace) else init_args
+        for key, value in args.items():
+            if value == "None" and key in params and _admits_none(params[key]):
+                args[key] = None
+    for value in fields.values():
+        restore_nulls(value)
+
+
+def _parameters(class_path: str) -> dict[str, inspect.Parameter]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return dict(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return {}
+
+
+def _admits_none(param: inspect.Parameter) -> bool:
+    hint = param.annotation
+    if isinstance(hint, str):  # postponed annotation, e.g. "str | None"
+        return param.default is None or "None" in hint or "Optional" in hint
+    return param.default is None or hint is None or type(None) in typing.get_args(hint)
 
 
 def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
