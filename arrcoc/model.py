@@ -88,6 +88,10 @@ class ARRCOCOutput:
     answer_targets: Tensor | None  # [M] the answer tokens they predict
     packed: PackedInputs
     allocation: Allocation
+    # What the encoder gave (or the features passed in): another pass over the same images, such as
+    # phase 2's full-token teacher, passes them as ``patch_features``/``cls_features`` instead of pixels.
+    patch_features: Tensor | None = None  # [B, N, D]
+    cls_features: Tensor | None = None  # [B, D] (None for towers without a class token)
 
 
 @dataclass
@@ -222,8 +226,9 @@ class ARRCOCModel(nn.Module):
                 ``random`` (seeded, deterministic) or ``grid`` (evenly spaced in raster order).
         """
         full = self.full_tokens if full_tokens is None else full_tokens
-        visual, visual_mask, sel, allocation = self._see(pixel_values, patch_features, cls_features,
-                                                         question_ids, question_mask, budget, full, selection)
+        patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
+        visual, visual_mask, sel, allocation = self._see(pixel_values, patches, cls, question_ids, question_mask,
+                                                         budget, full, selection)
         text = self.llm.embed(input_ids)  # [B, T, E]
         packed = pack_multimodal(text, input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, labels=labels)
@@ -246,7 +251,7 @@ class ARRCOCModel(nn.Module):
             loss = lm_loss if full else lm_loss + self.budget_loss_weight * sel.budget_loss
         return ARRCOCOutput(loss=loss, lm_loss=lm_loss, budget_loss=sel.budget_loss, logits=logits,
                             answer_logits=answer_logits, answer_targets=answer_targets, packed=packed,
-                            allocation=allocation)
+                            allocation=allocation, patch_features=patches, cls_features=cls)
 
     @torch.no_grad()
     def generate(
@@ -274,8 +279,9 @@ class ARRCOCModel(nn.Module):
         if labels is not None:  # keep the prompt: real tokens before the first supervised one
             before_answer = (labels != IGNORE_INDEX).long().cumsum(-1) == 0
             attention_mask = attention_mask * before_answer.long()
-        visual, visual_mask, _, allocation = self._see(pixel_values, patch_features, cls_features,
-                                                       question_ids, question_mask, budget, full, selection)
+        patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
+        visual, visual_mask, _, allocation = self._see(pixel_values, patches, cls, question_ids, question_mask,
+                                                       budget, full, selection)
         packed = pack_multimodal(self.llm.embed(input_ids), input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, padding_side="left")
         tokens = self.llm.greedy(packed.embeds, packed.attention_mask, packed.position_ids, max_new_tokens)
@@ -283,10 +289,8 @@ class ARRCOCModel(nn.Module):
         return GenerationOutput(tokens=tokens, texts=[t.strip() for t in texts], allocation=allocation)
 
     # ------------------------------------------------------------------ stages
-    def _see(self, pixels, patch_features, cls_features, question_ids, question_mask, budget, full: bool,
-             selection: str = "learned"):
-        """Vision -> (allocation) -> projected visual tokens: the part shared by forward and generate."""
-        patches, cls = self._vision(pixels, patch_features, cls_features)  # [B, N, D], [B, D]
+    def _see(self, pixels, patches, cls, question_ids, question_mask, budget, full: bool, selection: str = "learned"):
+        """Encoder features -> (allocation) -> projected visual tokens: shared by forward and generate."""
         b, n, _ = patches.shape
         if full:
             sel = self._keep_all(b, n, patches.device)

@@ -197,6 +197,8 @@ class PhaseModule(L.LightningModule):
         n_valid = int(valid.sum())
         if out.loss is not None and n_valid:
             self.val_loss.update(out.lm_loss.detach(), weight=n_valid)
+        # Answering sees the same images: reuse the encoder features instead of encoding them again.
+        inputs = {**inputs, "patch_features": out.patch_features, "cls_features": out.cls_features}
         gen = self.model.generate(**inputs, max_new_tokens=self.hparams.max_new_tokens)
         self.val_acc.update(gen.texts, batch["answers"], valid)
         self.val_exact.update(gen.texts, batch["answers"], valid)

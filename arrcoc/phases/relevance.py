@@ -39,8 +39,9 @@ class RelevancePhase(PhaseModule):
     def compute_losses(self, inputs: dict[str, Any], out: ARRCOCOutput) -> dict[str, Tensor]:
         losses = super().compute_losses(inputs, out)
         if self.distill_weight > 0 and out.answer_logits is not None and out.answer_logits.numel() > 0:
-            with torch.no_grad():
-                full = self.model(**inputs, full_tokens=True, return_logits=False)
+            with torch.no_grad():  # the teacher sees the same encoder features: the encoder runs once
+                teacher = {**inputs, "patch_features": out.patch_features, "cls_features": out.cls_features}
+                full = self.model(**teacher, full_tokens=True, return_logits=False)
             t = self.distill_temperature
             kl = F.kl_div((out.answer_logits / t).log_softmax(-1), (full.answer_logits / t).log_softmax(-1),
                           log_target=True, reduction="batchmean") * t * t
