@@ -9,7 +9,8 @@ def _naive_greedy(model, batch, steps):
     from arrcoc.packing import IGNORE_INDEX, pack_multimodal
 
     mask = batch["attention_mask"] * ((batch["labels"] != IGNORE_INDEX).long().cumsum(-1) == 0).long()
-    visual, vmask, _, _ = model._see(batch["pixel_values"], None, None, batch["question_ids"],
+    patches, cls = model._vision(batch["pixel_values"], None, None)
+    visual, vmask, _, _ = model._see(batch["pixel_values"], patches, cls, batch["question_ids"],
                                      batch["question_mask"], None, False)
     packed = pack_multimodal(model.llm.embed(batch["input_ids"]), batch["input_ids"], mask, visual, vmask,
                              model.llm.image_token_id, padding_side="left")
