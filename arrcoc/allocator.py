@@ -81,9 +81,11 @@ class TokenAllocator(nn.Module):
             nn.LayerNorm(context_dim + profile_points), nn.Linear(context_dim + profile_points, hidden),
             nn.GELU(), nn.Linear(hidden, 1),
         )
-        # Bounds and target are buffers: saved in checkpoints, moved with the module, set by callbacks.
-        self.register_buffer("bounds", torch.zeros(2, dtype=torch.long), persistent=True)
-        self.register_buffer("target", torch.zeros((), dtype=torch.float32), persistent=True)
+        # Bounds and target are configuration, not learned state: buffers that move with the module but
+        # stay out of checkpoints, so each phase's config (or BudgetAnnealing, whose own state resumes
+        # the schedule) decides them, never the weights a phase starts from.
+        self.register_buffer("bounds", torch.zeros(2, dtype=torch.long), persistent=False)
+        self.register_buffer("target", torch.zeros((), dtype=torch.float32), persistent=False)
         self.set_budget(min_tokens=min_tokens, max_tokens=max_tokens, target_tokens=target_tokens)
         self._init_head_bias()
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from arrcoc.data.collate import model_inputs
 from arrcoc.model import ARRCOCModel
-from arrcoc.phases import RelevancePhase
+from arrcoc.phases import AllocationPhase, RelevancePhase
 from conftest import make_batch
 
 
@@ -36,6 +36,22 @@ def test_distillation_teacher_reuses_the_students_encoder_features():
     assert float(losses["distill"].detach()) > 0
     torch.testing.assert_close(losses["distill"], expected)
     torch.testing.assert_close(losses["loss"], out.loss + expected)
+
+
+def test_init_from_takes_weights_but_not_the_budget(tmp_path):
+    """Phase 2 may stop mid-annealing (bounds [64, 576], target 576); phase 3 starts from its weights at the
+    budget its own config sets."""
+    torch.manual_seed(0)
+    phase2 = RelevancePhase(ARRCOCModel())
+    phase2.model.allocator.set_budget(min_tokens=64, max_tokens=576, target_tokens=575.9)
+    older = {**phase2.state_dict(), "model.allocator.bounds": torch.tensor([64, 576]),  # as checkpoints held them
+             "model.allocator.target": torch.tensor(575.9)}
+    torch.save({"state_dict": older}, tmp_path / "p2.ckpt")
+    phase3 = AllocationPhase(ARRCOCModel(max_tokens=400, target_tokens=196), init_from=str(tmp_path / "p2.ckpt"))
+    alloc = phase3.model.allocator
+    assert (alloc.min_tokens, alloc.max_tokens, alloc.target_tokens) == (64, 400, 196.0)
+    assert torch.equal(alloc.head[1].weight, phase2.model.allocator.head[1].weight)  # the weights did load
+    assert phase3.load_report["allocator"] == "loaded"
 
 
 def test_generate_from_forward_features_answers_as_from_pixels():

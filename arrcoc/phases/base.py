@@ -143,6 +143,11 @@ class PhaseModule(L.LightningModule):
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * group.get("scale", 1.0) * factor
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resume (--ckpt_path): a checkpoint from before the budget became configuration still holds it.
+        for name in config_buffers(self.model):
+            checkpoint.get("state_dict", {}).pop(f"model.{name}", None)
+
     # ------------------------------------------------------------------ losses
     def compute_losses(self, inputs: dict[str, Any], out: ARRCOCOutput) -> dict[str, Tensor]:
         losses = {"loss": out.loss, "lm_loss": out.lm_loss}
@@ -267,6 +272,7 @@ def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
     if not isinstance(state, dict):
         raise ValueError(f"init_from={path!r} holds no state dict")
     state = {k.removeprefix("model."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if k not in config_buffers(model)}  # older checkpoints held them
     own = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
            for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -284,6 +290,12 @@ def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
         report[name] = "loaded" if hit == len(keys) else ("init" if hit == 0 else f"partial ({hit}/{len(keys)})")
     log.info("init_from %s: %s", path, ", ".join(f"{k} {v}" for k, v in report.items()))
     return report
+
+
+def config_buffers(model: nn.Module) -> set[str]:
+    """Names of the model's non-persistent buffers (the allocator's budget bounds and target): set by
+    configs and callbacks, never taken from a checkpoint, even one written when they were saved."""
+    return {name for name, _ in model.named_buffers()} - set(model.state_dict())
 
 
 def _prefix(model: nn.Module, module: nn.Module) -> str:
