@@ -10,7 +10,7 @@ import torch
 from arrcoc.callbacks import BudgetAnnealing, DeepSpeedSharding, EncoderFreezing, Unfreeze, deepspeed_strategy
 from arrcoc.callbacks.freezing import parameter_table
 from arrcoc.model import ARRCOCModel
-from arrcoc.phases import AlignPhase, RelevancePhase
+from arrcoc.phases import AlignPhase, AllocationPhase, RelevancePhase
 
 
 def test_budget_annealing_schedule_and_state():
@@ -67,6 +67,37 @@ def test_deepspeed_config_construction():
     assert strategy.exclude_frozen_parameters
     assert strategy.config["zero_optimization"]["stage"] == 2
     assert strategy.config["train_micro_batch_size_per_gpu"] == 16
+
+
+def test_deepspeed_sharding_resumes_without_frozen_weights():
+    pytest.importorskip("deepspeed", reason="needs the deepspeed package (the dev extra installs it)")
+    phase = RelevancePhase(ARRCOCModel())
+    assert phase.strict_loading
+    trainer = types.SimpleNamespace(strategy=deepspeed_strategy(stage=2))
+    DeepSpeedSharding().setup(trainer, phase, "fit")
+    # the ZeRO checkpoints lack the frozen weights: a strict module load on --ckpt_path would refuse them
+    assert not phase.strict_loading and trainer.strategy.exclude_frozen_parameters
+
+
+def test_consolidated_weights_get_the_frozen_ones_back(tmp_path):
+    """What a ZeRO checkpoint holds (the trainable weights), plus frozen_state, is the whole model: the next
+    phase loads every component from it, not just the ones phase 2 trained."""
+    from arrcoc.callbacks.deepspeed import add_frozen, frozen_state
+
+    torch.manual_seed(0)
+    phase2 = RelevancePhase(ARRCOCModel())
+    trained = {k: p.detach().clone() for k, p in phase2.named_parameters() if p.requires_grad}
+    frozen = frozen_state(phase2)
+    assert not set(trained) & set(frozen) and any(k.startswith("model.projector.") for k in frozen)
+    state, added = add_frozen(trained, frozen)
+    assert added == len(frozen) and set(state) == set(phase2.state_dict())
+    torch.save({"state_dict": state}, tmp_path / "consolidated.pt")
+    phase3 = AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "consolidated.pt"))
+    assert set(phase3.load_report.values()) == {"loaded"}
+    assert torch.equal(phase3.model.projector[0].weight, phase2.model.projector[0].weight)
+    # a tensor in both keeps the consolidated (trained) one
+    key = next(iter(trained))
+    assert add_frozen({key: trained[key] + 1}, {key: trained[key]})[0][key].equal(trained[key] + 1)
 
 
 def test_deepspeed_sharding_is_a_no_op_without_deepspeed(caplog):

@@ -28,8 +28,10 @@ class ARRCOCCLI(LightningCLI):
         cfg = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
         restore_nulls(cfg)
         ckpt = cfg.get("ckpt_path") if cfg is not None else None
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist")
+        # A file, or a DeepSpeed checkpoint (a directory); Lightning's names are resolved by the Trainer.
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not os.path.exists(ckpt):
+            raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist (give a checkpoint file, a DeepSpeed "
+                                    "checkpoint directory, or last/best)")
 
 
 def restore_nulls(node: Any) -> None:
