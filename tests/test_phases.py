@@ -80,3 +80,21 @@ def test_validation_encodes_each_batch_once(tmp_path):
     assert {"val/acc", "val/acc_full_tokens", "val/loss"} <= set(metrics)
     # 3 batches: loss, adaptive answers and full-token answers all from one encoder pass per batch.
     assert calls[0] == 3
+
+
+def test_zero_loss_gives_zero_gradients_where_a_nan_loss_times_zero_does_not():
+    """What a DeepSpeed run back-propagates on a non-finite step."""
+    torch.manual_seed(0)
+    phase = RelevancePhase(ARRCOCModel())
+    model = phase.model
+    inputs = model_inputs(make_batch(model, n=2))
+    with torch.no_grad():
+        model.scorers[0].proj.weight[0, 0] = float("nan")  # NaN activations from a scorer
+    out = model(**inputs, return_logits=False)
+    assert not torch.isfinite(out.loss)
+    (out.loss * 0.0).backward()
+    assert not torch.isfinite(model.allocator.head[1].weight.grad).all()  # 0 * NaN poisons the gradients
+    model.zero_grad(set_to_none=True)
+    phase.zero_loss().backward()
+    grads = [p.grad for p in phase.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads)

@@ -166,8 +166,9 @@ class PhaseModule(L.LightningModule):
         if bad:
             self._skip_non_finite()
             if isinstance(self.trainer.strategy, DeepSpeedStrategy):
-                # DeepSpeed cannot skip a backward: a zero loss gives zero gradients instead.
-                return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+                # DeepSpeed cannot skip a backward or its step: run them on zero gradients instead. (Adam's
+                # momentum and weight decay still move the weights a little on that step.)
+                return self.zero_loss()
             return None
         self._nan_steps = 0
         n = len(batch["input_ids"])
@@ -181,6 +182,12 @@ class PhaseModule(L.LightningModule):
             self.log("perf/visual_tokens_per_s", float(vt.sum()) / dt, batch_size=n)
         self._t_last = now
         return loss
+
+    def zero_loss(self) -> Tensor:
+        """A zero that reaches every trainable weight and no activation: its gradients are exactly 0.
+        (``nan_loss * 0`` is not: 0 * NaN is NaN in every gradient behind it.)"""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
 
     def _skip_non_finite(self) -> None:
         self._nan_steps += 1
