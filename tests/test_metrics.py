@@ -8,7 +8,8 @@ from arrcoc.metrics import BudgetHistogram, ExactMatch, VQAAccuracy, normalize_a
     ("Two", "2"), ("The Dog.", "dog"), ("a red one!", "red 1"), ("dont know", "don't know"),
     ("Yes", "yes"), ("  tennis\tracket ", "tennis racket"), ("1,000", "1000"), ("3.5", "3.5"),
     ("black-and-white", "black and white"), ("left, right", "left right"), ("none", "0"),
-    ("It's an apple", "it's apple"), ("isnt it", "isn't it"),
+    ("It's an apple", "it's apple"), ("isnt it", "isn't it"), ("2.", "2"), ("Three.", "3"), ("mr. smith", "mr smith"),
+    (".5", ".5"),
 ])
 def test_normalisation_rules(raw, norm):
     assert normalize_answer(raw) == norm

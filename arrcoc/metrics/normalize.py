@@ -27,7 +27,9 @@ _CONTRACTIONS = {
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
           "!"]
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
-_LONE_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+# A period is dropped unless a digit follows ("3.5" stays, "2." -> "2", "mr. x" -> "mr x"): what the
+# official evaluation does (its pattern reads as if a digit before a period kept it too, but does not).
+_LONE_PERIOD = re.compile(r"\.(?!\d)")
 
 
 def _punctuation(text: str) -> str:
