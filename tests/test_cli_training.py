@@ -58,9 +58,48 @@ def test_each_phase_trains_what_it_should(chain):
     # phase 3 trained both the allocation and the projector
     assert not torch.equal(p3["model.projector.0.weight"], p2["model.projector.0.weight"])
     assert not torch.equal(p3["model.allocator.head.1.weight"], p2["model.allocator.head.1.weight"])
+    # phase 3 trained the tiny LLM too (a real pretrained one trains there at pretrained_llm_lr)
+    assert not torch.equal(p3["model.llm.model.model.layers.0.mlp.up_proj.weight"],
+                           p2["model.llm.model.model.layers.0.mlp.up_proj.weight"])
     # the encoder never changed
     assert all(torch.equal(p3[k], p1[k]) for k in p1 if k.startswith("model.encoder."))
     assert "init_from" in chain["log2"] and "projector loaded" in chain["log2"]
+
+
+def test_phase1_aligns_with_all_tokens_and_leaves_allocation_alone(chain, tmp_path):
+    from arrcoc.train.cli import build_cli
+
+    # the same config and seed rebuild phase 1's starting weights
+    init = build_cli(["--config", str(ROOT / "configs/phase1.yaml"), "--data.cache_dir", str(tmp_path)],
+                     run=False).model.state_dict()
+    p1 = state(chain[1] / "checkpoints/last.ckpt")
+    for key in ("model.projector.0.weight", "model.positions.row", "model.llm.model.model.layers.0.mlp.up_proj.weight"):
+        assert not torch.equal(p1[key], init[key]), f"{key} should have learned in phase 1"
+    for prefix in ("model.encoder.", "model.scorers.", "model.balancer.", "model.allocator.", "model.summary."):
+        keys = [k for k in init if k.startswith(prefix)]
+        assert keys and all(torch.equal(p1[k], init[k]) for k in keys), f"{prefix} should be untouched"
+    rows = list(csv.DictReader(open(next((chain[1] / "logs").rglob("metrics.csv")))))
+    tokens = {float(r["train/visual_tokens"]) for r in rows if r.get("train/visual_tokens")}
+    assert tokens == {576.0}
+
+
+def test_resume_from_another_phase_is_a_clear_error(chain):
+    other = chain[2] / "checkpoints/last.ckpt"
+    out = arrcoc("fit", "--config", "configs/phase3.yaml", *TINY, "--data.cache_dir", str(chain["cache"]),
+                 "--model.init_args.init_from", str(other), "--trainer.default_root_dir", str(chain[3] / "wrong"),
+                 "--ckpt_path", str(other))
+    assert out.returncode != 0
+    assert f"--ckpt_path '{other}' is a checkpoint of arrcoc.phases.RelevancePhase" in out.stderr
+    assert "the config runs arrcoc.phases.AllocationPhase" in out.stderr and "init_from" in out.stderr
+
+
+def test_fit_help_lists_the_options():
+    out = arrcoc("fit", "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for option in ("--config", "--ckpt_path", "--model", "--data.batch_size", "--trainer.max_steps"):
+        assert option in out.stdout, option
+    phase = arrcoc("fit", "--model.help", "arrcoc.phases.AllocationPhase")  # a phase's own options
+    assert phase.returncode == 0 and "--model.init_from" in phase.stdout and "--model.lr" in phase.stdout
 
 
 def test_init_from_loads_the_previous_phase_exactly(chain, tmp_path):

@@ -54,6 +54,27 @@ def test_init_from_takes_weights_but_not_the_budget(tmp_path):
     assert phase3.load_report["allocator"] == "loaded"
 
 
+def test_init_from_reports_and_refuses_what_does_not_fit(tmp_path):
+    import pytest
+
+    torch.manual_seed(0)
+    source = RelevancePhase(ARRCOCModel()).state_dict()
+    part = {k: v for k, v in source.items() if k.startswith(("model.projector.", "model.scorers.0."))}
+    torch.save({"state_dict": part}, tmp_path / "part.ckpt")
+    report = AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "part.ckpt")).load_report
+    assert report["projector"] == "loaded" and report["balancer"] == "init" and report["llm"] == "init"
+    assert report["scorers"].startswith("partial (")
+
+    shape = dict(part, **{"model.projector.0.weight": torch.zeros(3, 3)})
+    torch.save(shape, tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match=r"does not match this architecture: projector.0.weight: \(3, 3\) in file"):
+        AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "shape.pt"))
+    extra = dict(part, **{"model.projector.9.weight": torch.zeros(3)})
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"has weights this model lacks: \['projector.9.weight'\]"):
+        AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "extra.pt"))
+
+
 def test_generate_from_forward_features_answers_as_from_pixels():
     torch.manual_seed(0)
     model = ARRCOCModel().eval()
@@ -98,3 +119,16 @@ def test_zero_loss_gives_zero_gradients_where_a_nan_loss_times_zero_does_not():
     phase.zero_loss().backward()
     grads = [p.grad for p in phase.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_resuming_another_phases_checkpoint_is_refused_by_name():
+    """The Python path (Trainer.fit(ckpt_path=...)); the CLI refuses it earlier, see test_cli_training."""
+    import pytest
+
+    phase2, phase3 = RelevancePhase(ARRCOCModel()), AllocationPhase(ARRCOCModel())
+    checkpoint = {"state_dict": {}}
+    phase2.on_save_checkpoint(checkpoint)
+    phase2.on_load_checkpoint(dict(checkpoint))  # the same phase resumes
+    with pytest.raises(ValueError, match=r"a checkpoint of RelevancePhase training \['scorers'.*this run is "
+                                         r"AllocationPhase.*init_from"):
+        phase3.on_load_checkpoint(checkpoint)

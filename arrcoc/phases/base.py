@@ -143,8 +143,21 @@ class PhaseModule(L.LightningModule):
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * group.get("scale", 1.0) * factor
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["arrcoc"] = {"phase": type(self).__name__, "trainable": self.trainable_components()}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Resume (--ckpt_path): a checkpoint from before the budget became configuration still holds it.
+        """Resume (``--ckpt_path``): refuse another phase's checkpoint by name, before its optimizer state
+        meets this phase's parameter groups."""
+        saved = checkpoint.get("arrcoc")
+        mine = {"phase": type(self).__name__, "trainable": self.trainable_components()}
+        if saved is not None and saved != mine:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise ValueError(
+                f"--ckpt_path {path!r} is a checkpoint of {saved['phase']} training {saved['trainable']}; this run is "
+                f"{mine['phase']} training {mine['trainable']}. --ckpt_path resumes the same phase; to start this "
+                "phase from another phase's weights, give it as model.init_args.init_from")
+        # A checkpoint from before the budget became configuration still holds it.
         for name in config_buffers(self.model):
             checkpoint.get("state_dict", {}).pop(f"model.{name}", None)
 

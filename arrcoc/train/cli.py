@@ -24,14 +24,34 @@ from arrcoc.phases import PhaseModule
 class ARRCOCCLI(LightningCLI):
     """LightningCLI with arrcoc's defaults: phases by ``class_path``, configs overwritten on requeue."""
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        self._configured_phase = _phase_class(self._subcommand_config())
+
+    def _subcommand_config(self):
+        return self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+
     def before_instantiate_classes(self) -> None:
-        cfg = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+        cfg = self._subcommand_config()
+        # LightningCLI re-reads the model's hyperparameters from --ckpt_path, class included: resuming
+        # another phase's checkpoint would silently turn this run into that phase.
+        resumed = _phase_class(cfg)
+        if resumed != self._configured_phase:
+            raise ValueError(
+                f"--ckpt_path {cfg.get('ckpt_path')!r} is a checkpoint of {resumed}; the config runs "
+                f"{self._configured_phase}. --ckpt_path resumes the same phase; to start this phase from another "
+                "phase's weights, give it as --model.init_args.init_from")
         restore_nulls(cfg)
         ckpt = cfg.get("ckpt_path") if cfg is not None else None
         # A file, or a DeepSpeed checkpoint (a directory); Lightning's names are resolved by the Trainer.
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not os.path.exists(ckpt):
             raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist (give a checkpoint file, a DeepSpeed "
                                     "checkpoint directory, or last/best)")
+
+
+def _phase_class(cfg: Any) -> str | None:
+    model = cfg.get("model") if cfg is not None else None
+    return model.get("class_path") if isinstance(model, Namespace | dict) else None
 
 
 def restore_nulls(node: Any) -> None:
