@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not CONFIGS.is_dir():
         parser.error(f"{CONFIGS} not found: run the demo from a source checkout (make demo)")
-    from arrcoc.train.cli import build_cli
+    from arrcoc.train.cli import build_cli, console_logging
 
+    console_logging()  # the init_from reports and parameter tables, as `arrcoc fit` shows them
     t_start = time.perf_counter()
     steps = args.steps or [None, None, None]
     prev = None

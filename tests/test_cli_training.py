@@ -2,6 +2,7 @@
 predict, --print_config, and errors that name what is wrong."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,9 @@ def test_metrics_are_logged(chain):
         assert key in keys, key
     targets = [float(r["budget/target"]) for r in rows if r.get("budget/target")]
     assert targets[0] == 576 and targets == sorted(targets, reverse=True)  # annealing down from 576
+    hist = [json.loads(line) for line in next((chain[2] / "logs").rglob("val_budget_histogram.jsonl")).open()]
+    assert hist and hist[-1]["step"] == 4 and len(hist[-1]["edges"]) == len(hist[-1]["counts"]) + 1
+    assert sum(hist[-1]["counts"]) == 24  # every validation question, once
 
 
 def test_resume_continues_step_optimizer_and_budget_schedule(chain, tmp_path):

@@ -132,3 +132,16 @@ def test_resuming_another_phases_checkpoint_is_refused_by_name():
     with pytest.raises(ValueError, match=r"a checkpoint of RelevancePhase training \['scorers'.*this run is "
                                          r"AllocationPhase.*init_from"):
         phase3.on_load_checkpoint(checkpoint)
+
+
+def test_predict_without_a_writer_says_nothing_is_written(tmp_path, caplog):
+    from arrcoc.data.datamodule import VQADataModule
+    from arrcoc.data.sample_task import SampleTaskConfig
+
+    dm = VQADataModule(sample_task=SampleTaskConfig(train=16, val=4), cache_dir=str(tmp_path / "c"),
+                       batch_size=4, eval_batch_size=4, samples_per_epoch=16, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    with caplog.at_level("WARNING", logger="arrcoc"):
+        rows = trainer.predict(RelevancePhase(ARRCOCModel()), datamodule=dm)
+    assert sum(len(r) for r in rows) == 4  # returned to the caller ...
+    assert "no prediction writer" in caplog.text  # ... and the user is told none went to disk

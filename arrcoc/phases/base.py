@@ -12,6 +12,7 @@ Contract for a phase (subclass :class:`PhaseModule`):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pickle
@@ -145,6 +146,7 @@ class PhaseModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["arrcoc"] = {"phase": type(self).__name__, "trainable": self.trainable_components()}
+        self._t_last = None  # writing the checkpoint is not training time
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume (``--ckpt_path``): refuse another phase's checkpoint by name, before its optimizer state
@@ -189,10 +191,11 @@ class PhaseModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=n)
         self.log("train/visual_tokens", vt.mean(), prog_bar=True, batch_size=n)
         now = time.perf_counter()
-        if self._t_last is not None:
-            dt = now - self._t_last
-            self.log("perf/samples_per_s", n / dt, batch_size=n)
-            self.log("perf/visual_tokens_per_s", float(vt.sum()) / dt, batch_size=n)
+        if self._t_last is not None:  # step to step; validation and checkpointing in between reset it
+            dt, world = now - self._t_last, self.trainer.world_size
+            # All ranks: this rank's rate times the number of ranks (they step together on equal batches).
+            self.log("perf/samples_per_s", n * world / dt, batch_size=n)
+            self.log("perf/visual_tokens_per_s", float(vt.sum()) * world / dt, batch_size=n)
         self._t_last = now
         return loss
 
@@ -250,6 +253,9 @@ class PhaseModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def on_validation_start(self) -> None:
+        self._t_last = None  # the next training step's rate must not include validation time
+
     def on_validation_epoch_end(self) -> None:
         self._log_histogram("val")
 
@@ -257,12 +263,26 @@ class PhaseModule(L.LightningModule):
         self._log_histogram("test")
 
     def _log_histogram(self, prefix: str) -> None:
+        """The budget histogram (synchronised across ranks) as a log line and one JSON line per evaluation
+        in ``<log_dir>/<prefix>_budget_histogram.jsonl`` (step, bin edges, counts)."""
         counts = self.val_hist.compute()
         if self.trainer.is_global_zero and int(counts.sum()) > 0:
             edges = self.val_hist.edges()
             text = ", ".join(f"{int(edges[i])}-{int(edges[i + 1])}: {int(c)}" for i, c in enumerate(counts) if c)
             log.info("%s budget histogram: %s", prefix, text)
+            out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"{prefix}_budget_histogram.jsonl"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
+                f.write(json.dumps({"step": self.global_step, "edges": [int(e) for e in edges.tolist()],
+                                    "counts": [int(c) for c in counts.tolist()]}) + "\n")
         self.val_hist.reset()
+
+    def on_predict_start(self) -> None:
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            log.warning("predict: no prediction writer among the callbacks, so nothing is written to disk; add "
+                        "arrcoc.callbacks.PredictionWriter (the phase configs have it)")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         gen = self.model.generate(**model_inputs(batch), max_new_tokens=self.hparams.max_new_tokens)

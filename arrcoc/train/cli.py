@@ -110,13 +110,18 @@ def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line)."""
+def console_logging() -> None:
+    """Show arrcoc's own reports (init_from, parameter table, skipped steps, histograms) on the console."""
     logger = logging.getLogger("arrcoc")
-    if not logger.handlers:  # arrcoc's own reports (init_from, parameter table, skips) reach the console
+    if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[arrcoc] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line)."""
+    console_logging()
     build_cli(argv)
     return 0
