@@ -1,4 +1,8 @@
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +57,15 @@ def shared_tiny_model() -> ARRCOCModel:
     """Read-only use (eval mode, no training) to save build time."""
     torch.manual_seed(1)
     return ARRCOCModel().eval()
+
+
+def run_ddp_script(script: Path, out: Path, timeout: int = 300) -> None:
+    """Run a two-process CPU DDP script (``python script OUT``) outside any cluster environment; fail with its
+    stderr if it fails or hangs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+    try:
+        run = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"DDP run hung (killed after {timeout} s): {err.stderr!s:.2000}") from err
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -2,22 +2,15 @@
 move before its step, moves after it on both ranks, and stays identical across ranks."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import run_ddp_script
 
 SCRIPT = Path(__file__).with_name("ddp_freezing_script.py")
 
 
 def test_unfreezing_under_ddp(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
-    try:
-        run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True,
-                             timeout=300)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"DDP run hung (killed after 300 s): {err.stderr!s:.2000}") from err
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_ddp_script(SCRIPT, tmp_path)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["world"] == 2
     top0 = r0["top"]  # snapshots at the start of steps 0..4, then at fit end

@@ -90,7 +90,8 @@ class PhaseModule(L.LightningModule):
         self.val_loss, self.val_tokens = MeanMetric(), MeanMetric()
         self.val_tokens_max, self.val_tokens_min = MaxMetric(), MinMetric()
         self.val_hist = BudgetHistogram(max_tokens=model.encoder.num_patches)
-        self._nan_steps = 0
+        self._nan_steps = self._nan_total = 0
+        self._skipping = False
         self._t_last: float | None = None
 
     # ------------------------------------------------------------------ what learns
@@ -180,11 +181,12 @@ class PhaseModule(L.LightningModule):
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             self._skip_non_finite()
-            if isinstance(self.trainer.strategy, DeepSpeedStrategy):
-                # DeepSpeed cannot skip a backward or its step: run them on zero gradients instead. (Adam's
-                # momentum and weight decay still move the weights a little on that step.)
-                return self.zero_loss()
-            return None
+            # Lightning refuses a skipped backward under DDP (returning None), and DeepSpeed cannot skip
+            # one: every rank back-propagates exact zeros instead, and on_before_optimizer_step drops them
+            # so the optimizer leaves the weights alone. (Under DeepSpeed, which owns the gradients, Adam's
+            # momentum and weight decay still move the weights a little on that step.)
+            self._skipping = True
+            return self.zero_loss()
         self._nan_steps = 0
         n = len(batch["input_ids"])
         vt = out.allocation.visual_tokens.float()
@@ -199,6 +201,13 @@ class PhaseModule(L.LightningModule):
         self._t_last = now
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skipping and not isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            for group in optimizer.param_groups:  # no gradient: AdamW skips the parameter entirely
+                for p in group["params"]:
+                    p.grad = None
+        self._skipping = False
+
     def zero_loss(self) -> Tensor:
         """A zero that reaches every trainable weight and no activation: its gradients are exactly 0.
         (``nan_loss * 0`` is not: 0 * NaN is NaN in every gradient behind it.)"""
@@ -207,7 +216,9 @@ class PhaseModule(L.LightningModule):
 
     def _skip_non_finite(self) -> None:
         self._nan_steps += 1
-        self.log("train/skipped_nan_steps", float(self._nan_steps))
+        self._nan_total += 1
+        self.log("train/skipped_nan_steps", float(self._nan_steps))  # in a row
+        self.log("train/skipped_nan_total", float(self._nan_total))
         log.warning("non-finite loss at step %d: step skipped (%d in a row)", self.global_step, self._nan_steps)
         if self._nan_steps > self.hparams.max_nan_steps:
             path = Path(self.trainer.default_root_dir) / f"nan-stop-step{self.global_step}.ckpt"
