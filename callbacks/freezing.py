@@ -94,6 +94,10 @@ class EncoderFreezing(L.Callback):
             self._update(trainer, 0)
         if trainer.is_global_zero:
             log.info("trainable parameters at fit start:\n%s", parameter_table(pl_module))
+            if self.schedule:  # the table counts scheduled blocks from the start: they wait at lr 0
+                log.info("encoder schedule: %s", "; ".join(
+                    f"top {u.blocks} block(s) train from {self.unit} {u.at} at lr {u.lr_scale * self.lr:g}"
+                    for u in self.schedule))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:

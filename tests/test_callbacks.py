@@ -50,6 +50,15 @@ def test_freezing_validation_and_table():
     assert rows["scorers"][0] == "0"  # phase 1 trains no allocation parameter
 
 
+def test_freezing_says_when_scheduled_blocks_start(caplog):
+    cb = EncoderFreezing([Unfreeze(at=100, blocks=1, lr_scale=0.1)], lr=1e-4)
+    trainer = types.SimpleNamespace(optimizers=[], is_global_zero=True)
+    with caplog.at_level("INFO", logger="arrcoc"):
+        cb.on_fit_start(trainer, AlignPhase(ARRCOCModel()))
+    assert "trainable parameters at fit start" in caplog.text
+    assert "top 1 block(s) train from step 100 at lr 1e-05" in caplog.text
+
+
 def test_freezing_refuses_schedules_under_deepspeed():
     pytest.importorskip("deepspeed", reason="needs the deepspeed package (the dev extra installs it)")
     trainer = types.SimpleNamespace(strategy=deepspeed_strategy())

@@ -82,6 +82,7 @@ def test_phase1_aligns_with_all_tokens_and_leaves_allocation_alone(chain, tmp_pa
     rows = list(csv.DictReader(open(next((chain[1] / "logs").rglob("metrics.csv")))))
     tokens = {float(r["train/visual_tokens"]) for r in rows if r.get("train/visual_tokens")}
     assert tokens == {576.0}
+    assert "trainable parameters at fit start" in chain["log1"]  # every phase config prints the table
 
 
 def test_resume_from_another_phase_is_a_clear_error(chain):
