@@ -18,8 +18,9 @@
 #               torch 2.11 / transformers 5.17 are the oldest versions we support
 #   cuda_tests  tests/test_callbacks.py (its real ZeRO-2 test runs only where CUDA is)
 #   deepspeed   phase 1 -> phase 2 (bf16-mixed, 10 steps each) -> phase 3 under DeepSpeed ZeRO-2
-#               (configs/presets/deepspeed.yaml, 20 steps), then consolidated.pt loads with weights_only=True and
-#               `arrcoc validate --model.init_args.init_from consolidated.pt` reports the trained parts loaded
+#               (configs/presets/deepspeed.yaml, 20 steps), then consolidated.pt loads with weights_only=True,
+#               the run resumes from its ZeRO checkpoint directory to step 24 (--ckpt_path), and
+#               `arrcoc validate --model.init_args.init_from consolidated.pt` reports every component loaded
 #
 # Locally (no GPU; the GPU steps fail, the rest is exercised), with a scratch venv's python that sees torch (the
 # project is installed editable into PY's environment) and wheels built for its Python version:
@@ -256,7 +257,9 @@ check_init_from_log() {
     # (no `tee /dev/stderr` here: with stderr appended to $DS_LOG, reopening it would truncate the log)
     local line; line=$(grep -E "init_from .*consolidated.pt" "$DS_LOG" | tail -1)
     echo "init_from report: ${line:-none}"
-    [[ $line == *"scorers loaded"* && $line == *"projector loaded"* ]]
+    # the frozen weights are added back at consolidation: the whole model loads, not only what phase 3 trained
+    [[ $line == *"scorers loaded"* && $line == *"projector loaded"* && $line == *"encoder loaded"* &&
+       $line == *"llm loaded"* ]]
 }
 export DS_LOG
 export -f check_consolidated check_init_from_log
@@ -269,6 +272,10 @@ run_step deepspeed/phase3-zero2 180 "$DS_LOG" arrcoc fit --config configs/phase3
     --config configs/presets/deepspeed.yaml "${SHORT[@]}" --trainer.max_steps 20 --trainer.val_check_interval 20 \
     --trainer.default_root_dir "$WORK/p3" --model.init_args.init_from "$WORK/p2/checkpoints/last.ckpt" &&
 run_step deepspeed/consolidated 60 "$DS_LOG" check_consolidated &&
+run_step deepspeed/resume-zero2 180 "$DS_LOG" arrcoc fit --config configs/phase3.yaml \
+    --config configs/presets/deepspeed.yaml "${SHORT[@]}" --trainer.max_steps 24 --trainer.val_check_interval 24 \
+    --trainer.default_root_dir "$WORK/p3" --model.init_args.init_from "$WORK/p2/checkpoints/last.ckpt" \
+    --ckpt_path "$WORK/p3/checkpoints/last.ckpt" &&
 run_step deepspeed/init_from-validate 150 "$DS_LOG" arrcoc validate --config configs/phase3.yaml "${GPU[@]}" \
     "${SHORT[@]}" --trainer.default_root_dir "$WORK/p3-validate" \
     --model.init_args.init_from "$WORK/p3/checkpoints/consolidated.pt" &&
