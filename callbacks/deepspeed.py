@@ -31,11 +31,11 @@ class DeepSpeedSharding(L.Callback):
     When the strategy is DeepSpeed: turns on ``exclude_frozen_parameters`` (a frozen encoder is not
     written into every sharded checkpoint) and lets ``--ckpt_path`` resume from such a checkpoint
     (non-strict module loading: the frozen weights come from the config, as in the run that wrote
-    it); after the first optimizer step, logs what each rank holds (trainable parameters, optimizer
-    state, CUDA memory); at fit end converts the last ZeRO checkpoint directory into one fp32 weights
-    file (``consolidated``: ``{'state_dict', 'global_step'}``) for ``init_from``, with the frozen
-    weights added back so the next phase gets the whole model. Without DeepSpeed it does nothing and
-    says so once.
+    it); after the first optimizer step, logs what each rank holds (its trainable parameters, optimizer
+    state, CUDA memory); at fit end converts the last ZeRO checkpoint directory into one weights file
+    (``consolidated``: ``{'state_dict', 'global_step'}``) for ``init_from``: the trained weights in
+    fp32, with the frozen ones added back in their own dtype, so the next phase gets the whole model.
+    Without DeepSpeed it does nothing and says so once.
 
     Args:
         consolidated: output file name, relative to the checkpoint's directory.
@@ -57,14 +57,15 @@ class DeepSpeedSharding(L.Callback):
         self._reported = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not self.active or self._reported:
+        # once, after the first optimizer step (not micro-batch): before it the optimizer state is empty
+        if not self.active or self._reported or trainer.global_step < 1:
             return
-        self._reported = True  # once, after the first step: before it the optimizer state is empty
-        params = sum(_numel(p) * p.element_size() for p in pl_module.parameters() if p.requires_grad)
+        self._reported = True
+        params = sum(_local_numel(p) * p.element_size() for p in pl_module.parameters() if p.requires_grad)
         opt_bytes = sum(t.numel() * t.element_size() for opt in trainer.optimizers for s in opt.state.values()
                         for t in s.values() if torch.is_tensor(t))
         cuda = f", {torch.cuda.memory_allocated() / 2**30:.2f} GiB CUDA memory" if torch.cuda.is_available() else ""
-        log.info("rank %d: %.1f MiB trainable parameters, %.1f MiB optimizer state (ZeRO stage %s)%s",
+        log.info("rank %d holds %.1f MiB of trainable parameters, %.1f MiB of optimizer state (ZeRO stage %s)%s",
                  trainer.global_rank, params / 2**20, opt_bytes / 2**20,
                  trainer.strategy.config.get("zero_optimization", {}).get("stage"), cuda)
 
@@ -75,7 +76,8 @@ class DeepSpeedSharding(L.Callback):
         if ckpt is None:
             log.warning("DeepSpeedSharding: no checkpoint to consolidate (add a ModelCheckpoint)")
             return
-        frozen = frozen_state(pl_module, zero3=trainer.strategy.zero_stage_3)  # a collective under ZeRO-3
+        # Every rank joins (a gather under ZeRO-3); only rank 0 keeps a copy.
+        frozen = frozen_state(pl_module, zero3=trainer.strategy.zero_stage_3, keep=trainer.is_global_zero)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
@@ -92,21 +94,26 @@ class DeepSpeedSharding(L.Callback):
         trainer.strategy.barrier()
 
 
-def frozen_state(module: nn.Module, zero3: bool = False) -> dict[str, Tensor]:
+def frozen_state(module: nn.Module, zero3: bool = False, keep: bool = True) -> dict[str, Tensor]:
     """CPU copies of every state-dict entry that is not a trainable parameter (frozen parameters, tied
     copies of them, persistent buffers): what ``exclude_frozen_parameters`` leaves out of a checkpoint.
-    Under ZeRO-3 the frozen parameters are gathered first, which every rank must join."""
+    Under ZeRO-3 each frozen parameter is gathered in turn, which every rank must join; ranks with
+    ``keep=False`` take part and copy nothing (returns ``{}``)."""
     entries = module.state_dict(keep_vars=True)
     keys = [k for k, t in entries.items() if not (isinstance(t, nn.Parameter) and t.requires_grad)]
-    params = list({id(t): t for k in keys if isinstance(t := entries[k], nn.Parameter)}.values())
-    if zero3 and params:
-        import deepspeed
+    out: dict[str, Tensor] = {}
+    for key in keys:
+        tensor = entries[key]
+        if zero3 and isinstance(tensor, nn.Parameter) and hasattr(tensor, "ds_id"):
+            import deepspeed
 
-        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    else:
-        gathered = contextlib.nullcontext()
-    with gathered:
-        return {k: entries[k].detach().cpu().clone() for k in keys}
+            gathered = deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
+        else:
+            gathered = contextlib.nullcontext()
+        with gathered:
+            if keep:
+                out[key] = tensor.detach().cpu().clone()
+    return out
 
 
 def add_frozen(state: dict[str, Tensor], frozen: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
@@ -116,8 +123,10 @@ def add_frozen(state: dict[str, Tensor], frozen: dict[str, Tensor]) -> tuple[dic
     return {**state, **added}, len(added)
 
 
-def _numel(p: Tensor) -> int:
-    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves a placeholder; ds_numel is the real size
+def _local_numel(p: Tensor) -> int:
+    """Elements this rank holds: under ZeRO-3 its partition (``ds_tensor``), else the whole parameter."""
+    part = getattr(p, "ds_tensor", None)
+    return int(part.numel()) if part is not None else p.numel()
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str | None:

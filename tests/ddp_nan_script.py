@@ -1,5 +1,6 @@
 """Run by tests/test_ddp_nan.py: a two-process CPU DDP fit in which rank 1 alone gets a non-finite loss
-at step 2; each rank records the projector's weights at every step and its skip count."""
+at step 2; each rank records the projector's weights at every step and its skip count. Validation runs
+at the end, on both ranks."""
 
 import json
 import sys
@@ -49,7 +50,9 @@ if __name__ == "__main__":
     dm = VQADataModule(sample_task=SampleTaskConfig(train=64, val=8), cache_dir=f"{out}/cache", batch_size=4,
                        samples_per_epoch=64, num_workers=0, shuffle_buffer=4)
     phase = NaNOnRank1(ARRCOCModel(), lr={"projector": 1e-2, "positions": 1e-3, "llm": 1e-3})
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=5, limit_val_batches=0,
+    # Validation at the end (and the sanity check before): the budget histogram is written under DDP too.
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=5, val_check_interval=5,
+                        default_root_dir=out,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Recorder(out)])
     trainer.fit(phase, datamodule=dm)

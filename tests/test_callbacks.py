@@ -98,6 +98,7 @@ def test_consolidated_weights_get_the_frozen_ones_back(tmp_path):
     trained = {k: p.detach().clone() for k, p in phase2.named_parameters() if p.requires_grad}
     frozen = frozen_state(phase2)
     assert not set(trained) & set(frozen) and any(k.startswith("model.projector.") for k in frozen)
+    assert frozen_state(phase2, keep=False) == {}  # the other ranks join the gathers and keep nothing
     state, added = add_frozen(trained, frozen)
     assert added == len(frozen) and set(state) == set(phase2.state_dict())
     torch.save({"state_dict": state}, tmp_path / "consolidated.pt")
@@ -107,6 +108,21 @@ def test_consolidated_weights_get_the_frozen_ones_back(tmp_path):
     # a tensor in both keeps the consolidated (trained) one
     key = next(iter(trained))
     assert add_frozen({key: trained[key] + 1}, {key: trained[key]})[0][key].equal(trained[key] + 1)
+
+
+def test_non_finite_loss_under_zero3_is_a_clear_error(tmp_path):
+    pytest.importorskip("deepspeed", reason="needs the deepspeed package (the dev extra installs it)")
+    from arrcoc.data.collate import collate_vqa
+    from conftest import make_samples
+
+    phase = AlignPhase(ARRCOCModel())
+    phase._trainer = types.SimpleNamespace(strategy=deepspeed_strategy(stage=3), world_size=1, global_step=0)
+    with torch.no_grad():
+        phase.model.projector[0].weight[0, 0] = float("nan")
+    batch = collate_vqa(make_samples(phase.model, [("Is there a red circle?", "yes")], [0]),
+                        phase.model.tokenizer.pad_token_id)
+    with pytest.raises(RuntimeError, match=r"non-finite loss at step 0 under DeepSpeed ZeRO-3.*Use ZeRO-2"):
+        phase.training_step(batch, 0)
 
 
 def test_deepspeed_sharding_is_a_no_op_without_deepspeed(caplog):

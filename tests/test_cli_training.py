@@ -91,8 +91,18 @@ def test_resume_from_another_phase_is_a_clear_error(chain):
                  "--model.init_args.init_from", str(other), "--trainer.default_root_dir", str(chain[3] / "wrong"),
                  "--ckpt_path", str(other))
     assert out.returncode != 0
-    assert f"--ckpt_path '{other}' is a checkpoint of arrcoc.phases.RelevancePhase" in out.stderr
-    assert "the config runs arrcoc.phases.AllocationPhase" in out.stderr and "init_from" in out.stderr
+    assert f"--ckpt_path '{other}' is a checkpoint of arrcoc.phases.relevance.RelevancePhase" in out.stderr
+    assert "the config runs arrcoc.phases.allocation.AllocationPhase" in out.stderr and "init_from" in out.stderr
+
+
+def test_a_phase_is_the_same_however_its_class_path_is_spelled():
+    from jsonargparse import Namespace
+
+    from arrcoc.train.cli import _phase_class
+
+    short, full = (Namespace(model=Namespace(class_path=p)) for p in
+                   ("arrcoc.phases.RelevancePhase", "arrcoc.phases.relevance.RelevancePhase"))
+    assert _phase_class(short) == _phase_class(full) == "arrcoc.phases.relevance.RelevancePhase"
 
 
 def test_fit_help_lists_the_options():
@@ -203,6 +213,8 @@ def test_errors_name_the_problem(tmp_path):
     assert bad_type.returncode != 0 and "data.batch_size" in bad_type.stderr
     no_ckpt = arrcoc("fit", "--config", "configs/phase1.yaml", "--ckpt_path", str(tmp_path / "none.ckpt"))
     assert no_ckpt.returncode != 0 and "none.ckpt" in no_ckpt.stderr
+    a_dir = arrcoc("fit", "--config", "configs/phase1.yaml", "--ckpt_path", str(tmp_path))
+    assert a_dir.returncode != 0 and "is a directory but not a DeepSpeed checkpoint" in a_dir.stderr
     no_init = arrcoc("fit", "--config", "configs/phase2.yaml", "--model.init_args.init_from", str(tmp_path / "x.ckpt"))
     assert no_init.returncode != 0 and "init_from=" in no_init.stderr and "x.ckpt" in no_init.stderr
     no_data = arrcoc("fit", "--config", "configs/phase1.yaml", "--data.sample_task", "null", "--data.train",

@@ -19,3 +19,6 @@ def test_one_ranks_nan_skips_the_step_on_every_rank(tmp_path):
     assert snaps[1] != snaps[2] and snaps[3] != snaps[4] != snaps[5], "the other steps train"
     assert r0["snaps"] == r1["snaps"], "the ranks stay identical"
     assert r0["skips"] == r1["skips"] == [0, 0, 1, 0, 0], "both ranks count the skip, then reset"
+    hist = [json.loads(line) for line in (tmp_path / "val_budget_histogram.jsonl").open()]
+    assert len(hist) == 1 and hist[0]["step"] == 5, "one evaluation; the sanity check is not one"
+    assert sum(hist[0]["counts"]) == 8, "every validation question once, over both ranks"

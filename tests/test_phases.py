@@ -1,6 +1,8 @@
 """Phase modules: the frozen encoder runs once per batch, in phase 2's distillation and in evaluation,
 and reusing its features changes no result."""
 
+import json
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -96,11 +98,14 @@ def test_validation_encodes_each_batch_once(tmp_path):
     torch.manual_seed(0)
     phase = RelevancePhase(ARRCOCModel(), eval_full_tokens=True)  # adaptive answers and full-token ones
     calls = count_encoder_calls(phase.model)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path))
     metrics = trainer.validate(phase, datamodule=dm, verbose=False)[0]
     assert {"val/acc", "val/acc_full_tokens", "val/loss"} <= set(metrics)
     # 3 batches: loss, adaptive answers and full-token answers all from one encoder pass per batch.
     assert calls[0] == 3
+    hist = [json.loads(line) for line in (tmp_path / "val_budget_histogram.jsonl").open()]
+    assert len(hist) == 1 and sum(hist[0]["counts"]) == 12  # written where the run's logs go, every question
 
 
 def test_zero_loss_gives_zero_gradients_where_a_nan_loss_times_zero_does_not():
@@ -140,7 +145,8 @@ def test_predict_without_a_writer_says_nothing_is_written(tmp_path, caplog):
 
     dm = VQADataModule(sample_task=SampleTaskConfig(train=16, val=4), cache_dir=str(tmp_path / "c"),
                        batch_size=4, eval_batch_size=4, samples_per_epoch=16, num_workers=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path))
     with caplog.at_level("WARNING", logger="arrcoc"):
         rows = trainer.predict(RelevancePhase(ARRCOCModel()), datamodule=dm)
     assert sum(len(r) for r in rows) == 4  # returned to the caller ...

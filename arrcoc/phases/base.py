@@ -51,7 +51,8 @@ class PhaseModule(L.LightningModule):
         max_new_tokens: answer length for greedy decoding in validation, test and predict.
         eval_full_tokens: in validation and test, also answer with all patches (the baseline).
         max_nan_steps: consecutive non-finite losses tolerated (each step skipped on every rank);
-            one more saves a checkpoint and stops the run.
+            one more saves a checkpoint and stops the run. Counted per batch: with gradient accumulation,
+            a non-finite micro-batch drops the whole accumulated step.
     """
 
     trainable: ClassVar[tuple[str, ...]] = ()
@@ -145,13 +146,17 @@ class PhaseModule(L.LightningModule):
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * group.get("scale", 1.0) * factor
 
+    def on_fit_start(self) -> None:
+        self._skipping, self._t_last = False, None  # nothing carried over from an earlier, interrupted fit
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["arrcoc"] = {"phase": type(self).__name__, "trainable": self.trainable_components()}
         self._t_last = None  # writing the checkpoint is not training time
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume (``--ckpt_path``): refuse another phase's checkpoint by name, before its optimizer state
-        meets this phase's parameter groups."""
+        """Resume (``--ckpt_path``): refuse another phase's checkpoint by name (without DeepSpeed this comes
+        before the optimizer state meets this phase's parameter groups; DeepSpeed's engine has loaded both by
+        then, but the run stops here all the same)."""
         saved = checkpoint.get("arrcoc")
         mine = {"phase": type(self).__name__, "trainable": self.trainable_components()}
         if saved is not None and saved != mine:
@@ -180,6 +185,12 @@ class PhaseModule(L.LightningModule):
         if self.trainer.world_size > 1:  # skip on every rank together, or DDP would hang
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
+            strategy = self.trainer.strategy
+            if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+                raise RuntimeError(
+                    f"non-finite loss at step {self.global_step} under DeepSpeed ZeRO-3, where arrcoc cannot skip a "
+                    "step: the parameters are partitioned outside forward, so no zero loss reaches them. Use ZeRO-2 "
+                    "(configs/presets/deepspeed.yaml) or remove the cause (learning rate, precision, data)")
             self._skip_non_finite()
             # Lightning refuses a skipped backward under DDP (returning None), and DeepSpeed cannot skip
             # one: every rank back-propagates exact zeros instead, and on_before_optimizer_step drops them
@@ -277,11 +288,15 @@ class PhaseModule(L.LightningModule):
         """The budget histogram (synchronised across ranks) as a log line and one JSON line per evaluation
         in ``<log_dir>/<prefix>_budget_histogram.jsonl`` (step, bin edges, counts)."""
         counts = self.val_hist.compute()
+        if self.trainer.sanity_checking:  # a couple of batches before training: not an evaluation
+            self.val_hist.reset()
+            return
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a broadcast: every rank asks
         if self.trainer.is_global_zero and int(counts.sum()) > 0:
             edges = self.val_hist.edges()
             text = ", ".join(f"{int(edges[i])}-{int(edges[i + 1])}: {int(c)}" for i, c in enumerate(counts) if c)
             log.info("%s budget histogram: %s", prefix, text)
-            out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"{prefix}_budget_histogram.jsonl"
+            out = Path(log_dir) / f"{prefix}_budget_histogram.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.open("a") as f:
                 f.write(json.dumps({"step": self.global_step, "edges": [int(e) for e in edges.tolist()],

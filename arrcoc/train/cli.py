@@ -44,14 +44,28 @@ class ARRCOCCLI(LightningCLI):
         restore_nulls(cfg)
         ckpt = cfg.get("ckpt_path") if cfg is not None else None
         # A file, or a DeepSpeed checkpoint (a directory); Lightning's names are resolved by the Trainer.
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not os.path.exists(ckpt):
-            raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist (give a checkpoint file, a DeepSpeed "
-                                    "checkpoint directory, or last/best)")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
+            if not os.path.exists(ckpt):
+                raise FileNotFoundError(f"--ckpt_path {ckpt!r} does not exist (give a checkpoint file, a DeepSpeed "
+                                        "checkpoint directory, or last/best)")
+            if os.path.isdir(ckpt) and not os.path.exists(os.path.join(ckpt, "latest")):
+                raise FileNotFoundError(f"--ckpt_path {ckpt!r} is a directory but not a DeepSpeed checkpoint (it has "
+                                        "no 'latest' file); give a checkpoint file such as .../last.ckpt")
 
 
 def _phase_class(cfg: Any) -> str | None:
+    """The model's class as ``module.Name`` of where it is defined (``arrcoc.phases.RelevancePhase`` and
+    ``arrcoc.phases.relevance.RelevancePhase`` are one phase)."""
     model = cfg.get("model") if cfg is not None else None
-    return model.get("class_path") if isinstance(model, Namespace | dict) else None
+    path = model.get("class_path") if isinstance(model, Namespace | dict) else None
+    if not isinstance(path, str):
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return path
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def restore_nulls(node: Any) -> None:
