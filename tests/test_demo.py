@@ -32,3 +32,4 @@ def test_demo_runs_the_three_phases_and_reports(tmp_path):
     assert re.search(r"training step, full vs adaptive: \d+ ms vs \d+ ms = [\d.]+x", text)
     # arrcoc's own reports reach the console, as under `arrcoc fit`: each phase says what it loaded
     assert "[arrcoc] init_from" in out.stderr and "projector loaded" in out.stderr
+    assert "INFO:arrcoc" not in out.stderr  # once, not again through the root logger

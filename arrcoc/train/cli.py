@@ -132,6 +132,8 @@ def console_logging() -> None:
         handler.setFormatter(logging.Formatter("[arrcoc] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        # Not again through the root logger, which a library's module-level logging.warning() configures.
+        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
