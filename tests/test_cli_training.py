@@ -143,16 +143,20 @@ def test_metrics_are_logged(chain):
 
 def test_resume_continues_step_optimizer_and_budget_schedule(chain, tmp_path):
     cache = ["--data.cache_dir", str(chain["cache"])]
-    init = ["--model.init_args.init_from", str(chain[1] / "checkpoints/last.ckpt")]
+    phase1 = tmp_path / "phase1.ckpt"  # a copy, to move away before the resume
+    phase1.write_bytes((chain[1] / "checkpoints/last.ckpt").read_bytes())
+    init = ["--model.init_args.init_from", str(phase1)]
     every = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
              "--trainer.callbacks.dirpath", str(tmp_path / "every"), "--trainer.callbacks.every_n_train_steps", "1",
              "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.filename", "{step}"]
     base = ["fit", "--config", "configs/phase2.yaml", *TINY, *cache, *init]
     full = arrcoc(*base, "--trainer.default_root_dir", str(tmp_path / "full"), *every)
     assert full.returncode == 0, full.stderr[-3000:]
+    phase1.unlink()  # the previous phase's file is gone: the checkpoint holds every weight, resume needs nothing else
     resumed = arrcoc(*base, "--trainer.default_root_dir", str(tmp_path / "resumed"),
                      "--ckpt_path", str(tmp_path / "every" / "step=2.ckpt"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "holds every weight: init_from" in resumed.stderr and "is not loaded" in resumed.stderr
     ck = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 4
     annealing = [v for k, v in ck["callbacks"].items() if k.startswith("BudgetAnnealing")][0]

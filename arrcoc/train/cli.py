@@ -51,6 +51,15 @@ class ARRCOCCLI(LightningCLI):
             if os.path.isdir(ckpt) and not os.path.exists(os.path.join(ckpt, "latest")):
                 raise FileNotFoundError(f"--ckpt_path {ckpt!r} is a directory but not a DeepSpeed checkpoint (it has "
                                         "no 'latest' file); give a checkpoint file such as .../last.ckpt")
+            init_args = cfg.model.get("init_args") if isinstance(cfg.get("model"), Namespace) else None
+            if os.path.isfile(ckpt) and init_args is not None and init_args.get("init_from"):
+                # A checkpoint file holds every weight, so init_from would be loaded only to be overwritten
+                # (and a moved previous-phase directory would stop the resume). A DeepSpeed directory lacks
+                # the frozen weights: there init_from still provides them.
+                logging.getLogger("arrcoc.train").info(
+                    "resuming from %s, which holds every weight: init_from %s is not loaded", ckpt,
+                    init_args.init_from)
+                init_args.init_from = None
 
 
 def _phase_class(cfg: Any) -> str | None:
