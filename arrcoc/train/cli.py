@@ -69,12 +69,8 @@ def _phase_class(cfg: Any) -> str | None:
     path = model.get("class_path") if isinstance(model, Namespace | dict) else None
     if not isinstance(path, str):
         return None
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return path
-    return f"{cls.__module__}.{cls.__qualname__}"
+    cls = _import(path)
+    return path if cls is None else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def restore_nulls(node: Any) -> None:
@@ -103,11 +99,20 @@ def restore_nulls(node: Any) -> None:
         restore_nulls(value)
 
 
-def _parameters(class_path: str) -> dict[str, inspect.Parameter]:
+def _import(class_path: str) -> Any | None:
+    """The object a dotted ``class_path`` names, or None where it cannot be imported."""
     module, _, name = class_path.rpartition(".")
     try:
-        return dict(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
-    except (ImportError, AttributeError, ValueError, TypeError):
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _parameters(class_path: str) -> dict[str, inspect.Parameter]:
+    cls = _import(class_path)
+    try:
+        return {} if cls is None else dict(inspect.signature(cls).parameters)
+    except (ValueError, TypeError):  # no signature to read
         return {}
 
 
