@@ -338,7 +338,8 @@ def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
     if not isinstance(state, dict):
         raise ValueError(f"init_from={path!r} holds no state dict")
     state = {k.removeprefix("model."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if k not in config_buffers(model)}  # older checkpoints held them
+    ignored = config_buffers(model)  # older checkpoints held them
+    state = {k: v for k, v in state.items() if k not in ignored}
     own = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
            for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
