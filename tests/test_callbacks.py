@@ -88,6 +88,28 @@ def test_deepspeed_sharding_resumes_without_frozen_weights():
     assert not phase.strict_loading and trainer.strategy.exclude_frozen_parameters
 
 
+def test_deepspeed_sharding_reports_after_the_first_optimizer_step(caplog):
+    pytest.importorskip("deepspeed", reason="needs the deepspeed package (the dev extra installs it)")
+    phase = RelevancePhase(ARRCOCModel())
+    opt = phase.configure_optimizers()
+    trainer = types.SimpleNamespace(strategy=deepspeed_strategy(stage=2), optimizers=[opt], global_step=0,
+                                    global_rank=0)
+    cb = DeepSpeedSharding()
+    cb.setup(trainer, phase, "fit")
+    with caplog.at_level("INFO", logger="arrcoc"):
+        cb.on_train_batch_end(trainer, phase)  # a micro-batch before any optimizer step: nothing yet
+        assert "optimizer state" not in caplog.text
+        phase.zero_loss().backward()
+        opt.step()  # AdamW's moments now exist: two fp32 tensors per trainable weight
+        trainer.global_step = 1
+        cb.on_train_batch_end(trainer, phase)
+        cb.on_train_batch_end(trainer, phase)  # once
+    trainable = sum(p.numel() * 4 for p in phase.parameters() if p.requires_grad) / 2**20
+    lines = [r.getMessage() for r in caplog.records if "optimizer state" in r.getMessage()]
+    assert len(lines) == 1 and f"rank 0 holds {trainable:.1f} MiB of trainable parameters" in lines[0]
+    assert f"{2 * trainable:.1f} MiB of optimizer state (ZeRO stage 2)" in lines[0]
+
+
 def test_consolidated_weights_get_the_frozen_ones_back(tmp_path):
     """What a ZeRO checkpoint holds (the trainable weights), plus frozen_state, is the whole model: the next
     phase loads every component from it, not just the ones phase 2 trained."""
