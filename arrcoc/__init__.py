@@ -12,8 +12,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ARRCOCModel": "arrcoc.model", "ARRCOCOutput": "arrcoc.model", "Allocation": "arrcoc.model",
-    "AllocationRecord": "arrcoc.model", "DroppedTokenSummary": "arrcoc.compression",
+    "ARRCOCModel": "arrcoc.model", "ARRCOCOutput": "arrcoc.model", "BatchAllocation": "arrcoc.model",
+    "AllocationRecord": "arrcoc.model", "DroppedTokenSummary": "arrcoc.summary",
     "EncoderOutput": "arrcoc.encoder", "VisionEncoder": "arrcoc.encoder", "LanguageModel": "arrcoc.language_model",
     "MLPProjector": "arrcoc.projector", "OpponentBalancer": "arrcoc.balancer", "Selection": "arrcoc.allocator",
     "TokenAllocator": "arrcoc.allocator", "RelevanceScorer": "arrcoc.scorers", "ScorerInputs": "arrcoc.scorers",

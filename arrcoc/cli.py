@@ -9,8 +9,8 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 COMMANDS = {
     "demo": ("arrcoc.demo", "train phases 1 -> 2 -> 3 on the tiny preset, then compare token budgets"),
     "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards"),
-    "pretrain-encoder": ("arrcoc.tiny_encoder", "pretrain the embedded tiny encoder on the sample task"),
-    "pretrain-lm": ("arrcoc.tiny_lm", "pretrain the embedded tiny LLM on the sample task's questions, in words"),
+    "pretrain-encoder": ("arrcoc.pretrain.encoder", "pretrain the embedded tiny encoder on the sample task"),
+    "pretrain-lm": ("arrcoc.pretrain.lm", "pretrain the embedded tiny LLM on the sample task's questions, in words"),
 }
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from arrcoc.data import model_inputs
-from arrcoc.data.shards import Skip, is_sample, iter_tar, majority_answer
+from arrcoc.data.shards import Skip, is_sample, iter_tar
 from arrcoc.metrics import VQAAccuracy
+from arrcoc.processing import majority_answer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOW = 64  # the allocator's minimum budget (about 11% of the 576 tokens)

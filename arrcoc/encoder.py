@@ -3,49 +3,20 @@
 The encoder is the first stage of the data flow (pixels -> patch grid). It wraps an open_clip model
 by name (real preset: ``EVA02-L-14-336``, 24x24 = 576 patches of width 1024) and keeps only its
 image tower. The embedded tiny preset ``arrcoc-tiny-vit`` is registered as an ordinary open_clip
-model config, so the offline default runs through exactly the same code path as the real one.
+model config (:mod:`arrcoc.presets`), so the offline default runs through exactly the same code path as the
+real one. The same preprocessing without the model, for data workers: :func:`arrcoc.processing.build_transform`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
 from torch import Tensor, nn
 
-PRESET_DIR = Path(__file__).parent / "presets"
-TINY_ENCODER = "arrcoc-tiny-vit"
-
-
-def register_presets() -> None:
-    """Register the embedded encoder configs with open_clip (idempotent)."""
-    if TINY_ENCODER not in open_clip.list_models():
-        open_clip.add_model_config(PRESET_DIR / f"{TINY_ENCODER}.json")
-
-
-register_presets()
-
-
-def build_transform(name: str = TINY_ENCODER, pretrained: str | None = None) -> Callable:
-    """The encoder's own evaluation preprocessing (resize, centre crop, RGB, normalise), built from
-    open_clip's configs without building the model: what data workers use.
-
-    Equal to ``VisionEncoder(name, pretrained).transform``.
-    """
-    from open_clip.pretrained import get_pretrained_cfg
-    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
-
-    model_cfg = open_clip.get_model_config(name)
-    if model_cfg is None:
-        raise ValueError(f"encoder={name!r} is not an open_clip model; see open_clip.list_models()")
-    cfg = merge_preprocess_dict(PreprocessCfg(), model_cfg.get("preprocess_cfg", {}))
-    if pretrained:
-        cfg = merge_preprocess_dict(cfg, get_pretrained_cfg(name, pretrained))
-    cfg["size"] = model_cfg["vision_cfg"]["image_size"]
-    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+from arrcoc.presets import SHAPES_TAG, TINY_ENCODER, register_encoder_presets, shapes_checkpoint
 
 
 @dataclass
@@ -87,16 +58,15 @@ class VisionEncoder(nn.Module):
         frozen: bool = True,
     ) -> None:
         super().__init__()
+        register_encoder_presets()
         if name not in open_clip.list_models():
             raise ValueError(
                 f"encoder.name={name!r} is not an open_clip model; valid names include "
                 f"{TINY_ENCODER!r}, 'EVA02-L-14-336', 'ViT-L-14-336' (see open_clip.list_models())"
             )
         self.pretrained = pretrained  # as given (a tag, a path, or None for random init)
-        if name == TINY_ENCODER and pretrained == "shapes":
+        if name == TINY_ENCODER and pretrained == SHAPES_TAG:
             # The tiny preset's own weights: pretrained by arrcoc on the sample task, shipped in presets/.
-            from arrcoc.tiny_encoder import shapes_checkpoint
-
             pretrained = str(shapes_checkpoint())
         clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
         self.name = name

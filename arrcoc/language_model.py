@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
-from arrcoc.tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
-
-TINY_LM = "arrcoc-tiny-lm"
+from arrcoc.presets import TEXT_TAG, TINY_LM, text_checkpoint
+from arrcoc.processing import IMAGE_TOKEN, build_tokenizer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -43,8 +42,6 @@ def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, attn_implem
 
 def _tiny_checkpoint(pretrained: str) -> str:
     """``text`` -> the shipped directory; anything else must be a directory holding a ``config.json``."""
-    from arrcoc.tiny_lm import TEXT_TAG, text_checkpoint
-
     if pretrained == TEXT_TAG:
         return str(text_checkpoint())
     path = Path(pretrained).expanduser()
@@ -52,23 +49,6 @@ def _tiny_checkpoint(pretrained: str) -> str:
         raise FileNotFoundError(f"llm.pretrained={pretrained!r} is neither {TEXT_TAG!r} (the shipped weights) nor a "
                                 "checkpoint directory with a config.json (what `arrcoc pretrain-lm --out DIR` writes)")
     return str(path)
-
-
-def build_tokenizer(name: str = TINY_LM, trust_remote_code: bool = False,
-                    revision: str | None = None) -> PreTrainedTokenizerBase:
-    """The LLM's tokenizer with a pad token and the ``<image>`` placeholder, without loading weights:
-    what data workers use. Equal to ``LanguageModel(name).tokenizer``."""
-    if name == TINY_LM:
-        tokenizer = build_tiny_tokenizer()
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        # Never embedded: the placeholder is replaced by visual tokens before the LLM runs,
-        # so the embedding matrix does not grow.
-        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    return tokenizer
 
 
 class LanguageModel(nn.Module):

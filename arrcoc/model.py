@@ -17,13 +17,14 @@ from torch import Tensor, nn
 
 from arrcoc.allocator import Selection, TokenAllocator
 from arrcoc.balancer import OpponentBalancer
-from arrcoc.compression import DroppedTokenSummary
-from arrcoc.encoder import TINY_ENCODER, VisionEncoder
-from arrcoc.language_model import TINY_LM, LanguageModel
+from arrcoc.encoder import VisionEncoder
+from arrcoc.language_model import LanguageModel
 from arrcoc.packing import IGNORE_INDEX, PackedInputs, pack_multimodal
 from arrcoc.positions import GridPositionEmbedding
+from arrcoc.presets import TINY_ENCODER, TINY_LM
 from arrcoc.projector import ProjectorSpec, build_projector
 from arrcoc.scorers import SCORERS, ScorerInputs, ScorerSpec, build_scorer, masked_mean
+from arrcoc.summary import DroppedTokenSummary
 
 DEFAULT_SCORERS = ("propositional", "perspectival", "participatory")
 
@@ -44,7 +45,7 @@ class AllocationRecord:
 
 
 @dataclass
-class Allocation:
+class BatchAllocation:
     """The batch's allocation; :meth:`records` splits it per sample."""
 
     budget: Tensor  # [B] long
@@ -87,7 +88,7 @@ class ARRCOCOutput:
     answer_logits: Tensor | None  # [M, V] logits that predict the M answer tokens
     answer_targets: Tensor | None  # [M] the answer tokens they predict
     packed: PackedInputs
-    allocation: Allocation
+    allocation: BatchAllocation
     # What the encoder gave (or the features passed in): another pass over the same images, such as
     # phase 2's full-token teacher, passes them as ``patch_features``/``cls_features`` instead of pixels.
     patch_features: Tensor | None = None  # [B, N, D]
@@ -98,7 +99,7 @@ class ARRCOCOutput:
 class GenerationOutput:
     tokens: Tensor  # [B, T_new] generated ids (padding after the end-of-sequence token)
     texts: list[str]  # decoded answers
-    allocation: Allocation
+    allocation: BatchAllocation
 
 
 class ARRCOCModel(nn.Module):
@@ -299,7 +300,7 @@ class ARRCOCModel(nn.Module):
             maps, weights, relevance, sel = self._allocate(patches, cls, pixels, question_ids, question_mask, budget,
                                                            selection)
         visual, visual_mask, summary_valid = self._visual_tokens(patches, sel, relevance, full)
-        allocation = Allocation(
+        allocation = BatchAllocation(
             budget=sel.budget, budget_soft=sel.budget_soft, keep_mask=sel.keep_mask,
             summary_valid=summary_valid, grid=self.encoder.grid, scorer_names=list(self.scorer_names),
             scorer_maps=maps, weights=weights, relevance=relevance,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from arrcoc.processing import IGNORE_INDEX
 
 
 @dataclass

@@ -9,16 +9,13 @@ from arrcoc.data.preprocess import VQAPreprocessor
 from arrcoc.data.prompt import VQAPromptBuilder
 from arrcoc.data.sources import resolve
 from arrcoc.data.stream import EpochDataLoader, TrainStream
-from arrcoc.encoder import build_transform
-from arrcoc.language_model import build_tokenizer
+from arrcoc.processing import build_tokenizer, build_transform, transform_size
 
 
 def _stream(path: str, encoder: str, llm: str, batch_size: int, batches: int) -> TrainStream:
     transform = build_transform(encoder)
     tok = build_tokenizer(llm)
-    size = transform.transforms[1].size
-    pre = VQAPreprocessor(transform, VQAPromptBuilder(tok), train=True,
-                          image_size=(size, size) if isinstance(size, int) else tuple(size))
+    pre = VQAPreprocessor(transform, VQAPromptBuilder(tok), train=True, image_size=transform_size(encoder))
     return TrainStream([resolve(path)], pre, lambda s: collate_vqa(s, tok.pad_token_id), batch_size, batches,
                        shuffle_buffer=100)
 
@@ -40,7 +37,7 @@ def run_bench(path: str, encoders: list[str], llm: str, workers: int, samples: i
         stream = _stream(path, encoder, llm, batch_size, batches * max(workers, 1))
         loader = EpochDataLoader(stream, lambda: 0, num_workers=workers)
         total = _rate(loader, batches * max(workers, 1), batch_size)
-        size = build_transform(encoder).transforms[1].size
+        size = transform_size(encoder)[0]
         print(f"{encoder:22s}{str(size):>8s}{single:>16.0f}{total:>18.0f}", flush=True)
     print(f"decode + transform + tokenize ({llm}) + collate, batch {batch_size}; start-up excluded")
     return 0

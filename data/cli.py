@@ -9,7 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from arrcoc.data.shards import majority_answer, read_manifest
+from arrcoc.data.shards import read_manifest
+from arrcoc.processing import majority_answer
 
 
 def _common_out(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from arrcoc.packing import IGNORE_INDEX
+from arrcoc.processing import IGNORE_INDEX
 
 
 def collate_vqa(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from arrcoc.data.sample_task import SampleTaskConfig, write_split
 from arrcoc.data.shards import read_manifest
 from arrcoc.data.sources import Source, SourceConfig, count_samples, first_sample, resolve
 from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream, collect_stats, total_skipped
-from arrcoc.encoder import TINY_ENCODER, build_transform
-from arrcoc.language_model import TINY_LM, build_tokenizer
+from arrcoc.presets import TINY_ENCODER, TINY_LM
+from arrcoc.processing import build_tokenizer, build_transform, transform_size
 
 log = logging.getLogger("arrcoc.data")
 
@@ -135,8 +135,7 @@ class VQADataModule(L.LightningDataModule):
         self.transform = build_transform(hp.encoder, hp.encoder_pretrained)
         self.tokenizer = build_tokenizer(hp.llm, trust_remote_code=hp.trust_remote_code)
         self.prompt = VQAPromptBuilder(self.tokenizer, hp.instruction, hp.max_question_tokens, hp.image_first)
-        size = self.transform.transforms[1].size  # CenterCrop: (H, W)
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
+        self.image_size = transform_size(hp.encoder, hp.encoder_pretrained)  # (H, W)
 
     @property
     def rank(self) -> int:

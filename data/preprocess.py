@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from arrcoc.data.prompt import VQAPromptBuilder
-from arrcoc.data.shards import BadSample, majority_answer
+from arrcoc.data.shards import BadSample
+from arrcoc.processing import majority_answer
 
 
 class VQAPreprocessor:
@@ -18,7 +19,7 @@ class VQAPreprocessor:
     (and builds the prompt without an answer when a split has none, e.g. VQAv2 test).
 
     Args:
-        transform: the encoder's preprocessing (``arrcoc.encoder.build_transform``).
+        transform: the encoder's preprocessing (``arrcoc.processing.build_transform``).
         prompt: builds token ids and labels from question and answer.
         train: a sample without answers is skipped in training.
         image_size: (H, W) of the transform's output, for placeholders.

@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from arrcoc.packing import IGNORE_INDEX
-from arrcoc.tokenizer import IMAGE_TOKEN
+from arrcoc.processing import IGNORE_INDEX, IMAGE_TOKEN
 
 VQA_INSTRUCTION = "Answer the question using a single word or phrase."
 

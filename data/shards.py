@@ -16,7 +16,6 @@ import os
 import tarfile
 import uuid
 import warnings
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +59,6 @@ def validate_meta(meta: Any) -> dict[str, Any]:
         if meta.get(opt) is not None:
             out[opt] = meta[opt]
     return out
-
-
-def majority_answer(answers: list[str]) -> str:
-    """The most frequent answer, ties broken by first occurrence (VQAv2's training target)."""
-    counts = Counter(answers)
-    return max(answers, key=lambda a: (counts[a], -answers.index(a))) if answers else ""
 
 
 # --------------------------------------------------------------------------------------------- writing

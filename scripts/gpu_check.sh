@@ -157,7 +157,7 @@ tiny_encoder() {
     # The tiny preset's `pretrained: shapes` weights ship in arrcoc/presets/; check they are there and load.
     "$PY" - <<'EOF'
 from arrcoc.encoder import VisionEncoder
-from arrcoc.tiny_encoder import shapes_checkpoint
+from arrcoc.presets import shapes_checkpoint
 path = shapes_checkpoint()
 VisionEncoder("arrcoc-tiny-vit", pretrained="shapes")
 print(f"tiny encoder shipped: {path} ({path.stat().st_size / 2**20:.1f} MiB), loads through open_clip")

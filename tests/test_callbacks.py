@@ -10,7 +10,7 @@ import torch
 from arrcoc.callbacks import BudgetAnnealing, DeepSpeedSharding, EncoderFreezing, Unfreeze, deepspeed_strategy
 from arrcoc.callbacks.freezing import parameter_table
 from arrcoc.model import ARRCOCModel
-from arrcoc.phases import AlignPhase, AllocationPhase, RelevancePhase
+from arrcoc.phases import AlignPhase, FinetunePhase, RelevancePhase
 
 
 def test_budget_annealing_schedule_and_state():
@@ -124,7 +124,7 @@ def test_consolidated_weights_get_the_frozen_ones_back(tmp_path):
     state, added = add_frozen(trained, frozen)
     assert added == len(frozen) and set(state) == set(phase2.state_dict())
     torch.save({"state_dict": state}, tmp_path / "consolidated.pt")
-    phase3 = AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "consolidated.pt"))
+    phase3 = FinetunePhase(ARRCOCModel(), init_from=str(tmp_path / "consolidated.pt"))
     assert set(phase3.load_report.values()) == {"loaded"}
     assert torch.equal(phase3.model.projector[0].weight, phase2.model.projector[0].weight)
     # a tensor in both keeps the consolidated (trained) one
@@ -205,7 +205,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
 
 def test_pretrained_llm_trains_only_in_phase_3_and_at_a_low_rate(tmp_path):
     from arrcoc.language_model import LanguageModel
-    from arrcoc.phases import AllocationPhase
+    from arrcoc.phases import FinetunePhase
 
     src = LanguageModel()
     src.model.save_pretrained(tmp_path)
@@ -213,8 +213,8 @@ def test_pretrained_llm_trains_only_in_phase_3_and_at_a_low_rate(tmp_path):
     align = AlignPhase(ARRCOCModel(llm=LanguageModel(str(tmp_path))))
     assert "llm" not in align.trainable_components()
     assert not any(p.requires_grad for p in align.model.llm.parameters())
-    fine = AllocationPhase(ARRCOCModel(llm=LanguageModel(str(tmp_path))))
+    fine = FinetunePhase(ARRCOCModel(llm=LanguageModel(str(tmp_path))))
     lrs = {g["name"]: g["base_lr"] for g in fine.param_groups()}
-    assert lrs["llm"] == AllocationPhase.pretrained_llm_lr == 2e-5 and lrs["projector"] == 5e-4
-    tiny = AllocationPhase(ARRCOCModel())
+    assert lrs["llm"] == FinetunePhase.pretrained_llm_lr == 2e-5 and lrs["projector"] == 5e-4
+    tiny = FinetunePhase(ARRCOCModel())
     assert {g["name"]: g["base_lr"] for g in tiny.param_groups()}["llm"] == 5e-4

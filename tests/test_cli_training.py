@@ -92,7 +92,7 @@ def test_resume_from_another_phase_is_a_clear_error(chain):
                  "--ckpt_path", str(other))
     assert out.returncode != 0
     assert f"--ckpt_path '{other}' is a checkpoint of arrcoc.phases.relevance.RelevancePhase" in out.stderr
-    assert "the config runs arrcoc.phases.allocation.AllocationPhase" in out.stderr and "init_from" in out.stderr
+    assert "the config runs arrcoc.phases.finetune.FinetunePhase" in out.stderr and "init_from" in out.stderr
 
 
 def test_a_phase_is_the_same_however_its_class_path_is_spelled():
@@ -110,7 +110,7 @@ def test_fit_help_lists_the_options():
     assert out.returncode == 0, out.stderr[-2000:]
     for option in ("--config", "--ckpt_path", "--model", "--data.batch_size", "--trainer.max_steps"):
         assert option in out.stdout, option
-    phase = arrcoc("fit", "--model.help", "arrcoc.phases.AllocationPhase")  # a phase's own options
+    phase = arrcoc("fit", "--model.help", "arrcoc.phases.FinetunePhase")  # a phase's own options
     assert phase.returncode == 0 and "--model.init_from" in phase.stdout and "--model.lr" in phase.stdout
 
 

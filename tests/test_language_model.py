@@ -53,7 +53,7 @@ def test_decoder_plus_head_equals_the_hf_forward():
 def test_final_logit_softcapping_is_applied(tmp_path):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from arrcoc.tokenizer import build_tiny_tokenizer
+    from arrcoc.processing.tiny_tokenizer import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     cfg = Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -7,7 +7,7 @@ import torch
 from arrcoc.allocator import TokenAllocator
 from arrcoc.data import collate_vqa
 from arrcoc.model import ARRCOCModel
-from arrcoc.packing import IGNORE_INDEX
+from arrcoc.processing import IGNORE_INDEX
 from conftest import QUESTIONS, make_batch, make_samples
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from arrcoc.data.collate import model_inputs
 from arrcoc.model import ARRCOCModel
-from arrcoc.phases import AllocationPhase, RelevancePhase
+from arrcoc.phases import FinetunePhase, RelevancePhase
 from conftest import make_batch
 
 
@@ -49,7 +49,7 @@ def test_init_from_takes_weights_but_not_the_budget(tmp_path):
     older = {**phase2.state_dict(), "model.allocator.bounds": torch.tensor([64, 576]),  # as checkpoints held them
              "model.allocator.target": torch.tensor(575.9)}
     torch.save({"state_dict": older}, tmp_path / "p2.ckpt")
-    phase3 = AllocationPhase(ARRCOCModel(max_tokens=400, target_tokens=196), init_from=str(tmp_path / "p2.ckpt"))
+    phase3 = FinetunePhase(ARRCOCModel(max_tokens=400, target_tokens=196), init_from=str(tmp_path / "p2.ckpt"))
     alloc = phase3.model.allocator
     assert (alloc.min_tokens, alloc.max_tokens, alloc.target_tokens) == (64, 400, 196.0)
     assert torch.equal(alloc.head[1].weight, phase2.model.allocator.head[1].weight)  # the weights did load
@@ -63,18 +63,18 @@ def test_init_from_reports_and_refuses_what_does_not_fit(tmp_path):
     source = RelevancePhase(ARRCOCModel()).state_dict()
     part = {k: v for k, v in source.items() if k.startswith(("model.projector.", "model.scorers.0."))}
     torch.save({"state_dict": part}, tmp_path / "part.ckpt")
-    report = AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "part.ckpt")).load_report
+    report = FinetunePhase(ARRCOCModel(), init_from=str(tmp_path / "part.ckpt")).load_report
     assert report["projector"] == "loaded" and report["balancer"] == "init" and report["llm"] == "init"
     assert report["scorers"].startswith("partial (")
 
     shape = dict(part, **{"model.projector.0.weight": torch.zeros(3, 3)})
     torch.save(shape, tmp_path / "shape.pt")
     with pytest.raises(ValueError, match=r"does not match this architecture: projector.0.weight: \(3, 3\) in file"):
-        AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "shape.pt"))
+        FinetunePhase(ARRCOCModel(), init_from=str(tmp_path / "shape.pt"))
     extra = dict(part, **{"model.projector.9.weight": torch.zeros(3)})
     torch.save(extra, tmp_path / "extra.pt")
     with pytest.raises(ValueError, match=r"has weights this model lacks: \['projector.9.weight'\]"):
-        AllocationPhase(ARRCOCModel(), init_from=str(tmp_path / "extra.pt"))
+        FinetunePhase(ARRCOCModel(), init_from=str(tmp_path / "extra.pt"))
 
 
 def test_generate_from_forward_features_answers_as_from_pixels():
@@ -130,12 +130,12 @@ def test_resuming_another_phases_checkpoint_is_refused_by_name():
     """The Python path (Trainer.fit(ckpt_path=...)); the CLI refuses it earlier, see test_cli_training."""
     import pytest
 
-    phase2, phase3 = RelevancePhase(ARRCOCModel()), AllocationPhase(ARRCOCModel())
+    phase2, phase3 = RelevancePhase(ARRCOCModel()), FinetunePhase(ARRCOCModel())
     checkpoint = {"state_dict": {}}
     phase2.on_save_checkpoint(checkpoint)
     phase2.on_load_checkpoint(dict(checkpoint))  # the same phase resumes
     with pytest.raises(ValueError, match=r"a checkpoint of RelevancePhase training \['scorers'.*this run is "
-                                         r"AllocationPhase.*init_from"):
+                                         r"FinetunePhase.*init_from"):
         phase3.on_load_checkpoint(checkpoint)
 
 

@@ -2,8 +2,8 @@ import torch
 
 from arrcoc.data import VQAPromptBuilder, collate_vqa
 from arrcoc.language_model import LanguageModel
-from arrcoc.packing import IGNORE_INDEX
-from arrcoc.tokenizer import build_tiny_tokenizer
+from arrcoc.processing import IGNORE_INDEX
+from arrcoc.processing.tiny_tokenizer import build_tiny_tokenizer
 
 
 def test_labels_only_on_answer_tokens():

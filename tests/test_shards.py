@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from shardkit import good_meta, png, write_broken_shard
 
-from arrcoc.data.shards import BadSample, ShardWriter, decode, iter_tar, majority_answer, read_manifest
+from arrcoc.data.shards import BadSample, ShardWriter, decode, iter_tar, read_manifest
 from arrcoc.data.stream import SkipCounter, decoded
+from arrcoc.processing import majority_answer
 
 
 def test_writer_round_trip_and_manifest(tmp_path):

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from arrcoc.data.shards import majority_answer
 from arrcoc.metrics.normalize import normalize_answer
+from arrcoc.processing import majority_answer
 
 
 def vqa_soft_accuracy(prediction: str, answers: Sequence[str]) -> float:

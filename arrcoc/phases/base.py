@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from arrcoc.data.collate import model_inputs
-from arrcoc.language_model import TINY_LM
 from arrcoc.metrics import BudgetHistogram, ExactMatch, VQAAccuracy
 from arrcoc.model import ARRCOCModel, ARRCOCOutput
+from arrcoc.presets import TINY_LM
 
 log = logging.getLogger("arrcoc.train")
 

@@ -31,25 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrcoc.data.sample_task import COLORS, RADIUS, SHAPES, label_map, make_scene, render
-from arrcoc.encoder import TINY_ENCODER, build_transform, register_presets
+from arrcoc.presets import SHAPES_WEIGHTS, TINY_ENCODER, register_encoder_presets
+from arrcoc.processing import build_transform
 
 log = logging.getLogger("arrcoc")
 
-SHAPES_TAG = "shapes"
-#: The shipped result of ``arrcoc pretrain-encoder`` (recipe and held-out accuracy in the .recipe.json beside it).
-SHIPPED = Path(__file__).resolve().parent / "presets" / f"{TINY_ENCODER}-{SHAPES_TAG}.pt"
 COLOR_IDS = {c: i + 1 for i, c in enumerate(sorted(COLORS))}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
 
-
-def shapes_checkpoint() -> Path:
-    """The tiny encoder's shipped weights (``pretrained: shapes``), an ordinary open_clip checkpoint."""
-    if not SHIPPED.is_file():
-        raise FileNotFoundError(
-            f"pretrained='shapes': the shipped tiny-encoder weights {SHIPPED} are missing; remake them with "
-            f"`arrcoc pretrain-encoder --out {SHIPPED}` (recipe in {SHIPPED.with_suffix('.recipe.json').name}) or give "
-            "`pretrained` a checkpoint path")
-    return SHIPPED
 
 
 def _batch(rng: random.Random, transform, n: int, image_size: int, grid: int, layer_px: float,
@@ -111,7 +100,7 @@ def pretrain(out: Path, steps: int = 600, seed: int = 0, batch_size: int = 32, l
     """Train the tiny tower's blocks up to ``layer`` with per-patch colour/shape/centre heads; save
     the full open_clip state dict to ``out`` and the recipe beside it (``.recipe.json``). Returns the
     per-patch accuracies on 512 held-out scenes (``*_acc_on_objects``: over patches on an object)."""
-    register_presets()
+    register_encoder_presets()
     torch.manual_seed(seed)
     clip = open_clip.create_model(TINY_ENCODER)
     visual = clip.visual.to(device)
@@ -168,7 +157,7 @@ def pretrain(out: Path, steps: int = 600, seed: int = 0, batch_size: int = 32, l
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="arrcoc pretrain-encoder", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help=f"checkpoint file (the preset's own: {SHIPPED})")
+    p.add_argument("--out", type=Path, required=True, help=f"checkpoint file (the preset's own: {SHAPES_WEIGHTS})")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)

@@ -8,7 +8,7 @@ from arrcoc.model import ARRCOCModel
 from arrcoc.phases.relevance import RelevancePhase
 
 
-class AllocationPhase(RelevancePhase):
+class FinetunePhase(RelevancePhase):
     """Fine-tunes the allocation with the projector, positions and LLM (``train_llm``; pretrained
     LLMs learn here at a low rate). Top encoder blocks can join through
     :class:`~arrcoc.callbacks.EncoderFreezing`. Distillation is off unless ``distill_weight`` > 0.

@@ -1,4 +1,4 @@
-"""The embedded tiny tokenizer: byte-level, built locally, nothing downloaded.
+"""The embedded tiny tokenizer (of `arrcoc-tiny-lm`): byte-level, built locally, nothing downloaded.
 
 Every byte is a token, so any text (unicode, empty strings) round-trips exactly; a fixed list of
 whole words (the sample task's vocabulary and the VQA prompt) are single tokens so sequences stay

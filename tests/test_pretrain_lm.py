@@ -12,8 +12,9 @@ import yaml
 from arrcoc.data.prompt import VQAPromptBuilder
 from arrcoc.data.sample_task import KINDS
 from arrcoc.language_model import LanguageModel
-from arrcoc.tiny_lm import heldout_accuracy, pretrain, text_checkpoint, text_sample
-from arrcoc.tokenizer import IMAGE_TOKEN
+from arrcoc.presets import text_checkpoint
+from arrcoc.pretrain.lm import heldout_accuracy, pretrain, text_sample
+from arrcoc.processing.tiny_tokenizer import IMAGE_TOKEN
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -32,24 +32,13 @@ import torch.nn.functional as F
 
 from arrcoc.data.prompt import VQAPromptBuilder
 from arrcoc.data.sample_task import KINDS, ask, list_objects, make_scene
-from arrcoc.packing import IGNORE_INDEX
-from arrcoc.tokenizer import IMAGE_TOKEN
+from arrcoc.language_model import LanguageModel
+from arrcoc.presets import TEXT_WEIGHTS
+from arrcoc.processing import IGNORE_INDEX, IMAGE_TOKEN
 
 log = logging.getLogger("arrcoc")
 
-TEXT_TAG = "text"
-#: The shipped result of ``arrcoc pretrain-lm`` (a transformers checkpoint directory with its recipe).
-SHIPPED = Path(__file__).resolve().parent / "presets" / f"arrcoc-tiny-lm-{TEXT_TAG}"
 
-
-def text_checkpoint() -> Path:
-    """The tiny LLM's shipped weights (``pretrained: text``), a transformers checkpoint directory."""
-    if not (SHIPPED / "config.json").is_file():
-        raise FileNotFoundError(
-            f"pretrained='text': the shipped tiny-LLM weights {SHIPPED} are missing; remake them with "
-            f"`arrcoc pretrain-lm --out {SHIPPED}` (recipe in {SHIPPED / 'recipe.json'}) or give `pretrained` "
-            "a checkpoint directory")
-    return SHIPPED
 
 
 def text_sample(rng: random.Random, prompts: VQAPromptBuilder,
@@ -109,8 +98,6 @@ def pretrain(out: Path, steps: int = 4000, seed: int = 0, batch_size: int = 64, 
              image_first: bool = True, command: str | None = None) -> dict[str, float]:
     """Train ``arrcoc-tiny-lm`` from random init on worded scenes; save it with ``save_pretrained`` to
     the directory ``out`` with ``recipe.json``. Returns held-out exact-match accuracy per question kind."""
-    from arrcoc.language_model import LanguageModel
-
     torch.manual_seed(seed)
     lm = LanguageModel()
     prompts = VQAPromptBuilder(lm.tokenizer, image_first=image_first)
@@ -148,7 +135,7 @@ def pretrain(out: Path, steps: int = 4000, seed: int = 0, batch_size: int = 64, 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="arrcoc pretrain-lm", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help=f"checkpoint directory (the preset's own: {SHIPPED})")
+    p.add_argument("--out", type=Path, required=True, help=f"checkpoint directory (the preset's own: {TEXT_WEIGHTS})")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)

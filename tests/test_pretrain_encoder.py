@@ -2,7 +2,8 @@ import torch
 
 from arrcoc.data.sample_task import label_map, make_scene
 from arrcoc.encoder import VisionEncoder
-from arrcoc.tiny_encoder import pretrain, shapes_checkpoint
+from arrcoc.presets import shapes_checkpoint
+from arrcoc.pretrain.encoder import pretrain
 
 SHAPE_BAR = 0.7  # the shipped weights' probe reaches 0.82 on these scenes
 
@@ -30,7 +31,7 @@ def test_shipped_weights_load_by_tag_and_see_shapes():
     fitted on 48 scenes is scored on 32 others (chance: 1/7 colours, 1/5 shapes)."""
     import random
 
-    from arrcoc.tiny_encoder import COLOR_IDS, SHAPE_IDS, _batch
+    from arrcoc.pretrain.encoder import COLOR_IDS, SHAPE_IDS, _batch
 
     enc = VisionEncoder("arrcoc-tiny-vit", pretrained="shapes")
     saved = torch.load(shapes_checkpoint(), weights_only=True)

@@ -1,0 +1,9 @@
+"""What the model and the data path share: the image transform, the tokenizer, the prompt's
+placeholder and the label convention. Data workers import this, never the model modules, so a
+loader builds its preprocessing without building (or importing) the model.
+"""
+
+from arrcoc.processing.image import build_transform, transform_size
+from arrcoc.processing.text import IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, majority_answer
+
+__all__ = ["IGNORE_INDEX", "IMAGE_TOKEN", "build_tokenizer", "build_transform", "majority_answer", "transform_size"]
