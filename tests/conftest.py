@@ -11,6 +11,45 @@ from PIL import Image, ImageDraw
 from arrcoc.data import VQAPromptBuilder, collate_vqa
 from arrcoc.model import ARRCOCModel
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--data.sample_task.train", "96",
+        "--data.sample_task.val", "24", "--data.samples_per_epoch", "96", "--data.num_workers", "0",
+        "--data.batch_size", "8", "--data.eval_batch_size", "12", "--trainer.log_every_n_steps", "1"]
+
+
+def arrcoc(*args, cwd=ROOT, timeout=300):
+    """``arrcoc ARGS`` in a subprocess (outside any SLURM job), from the repository root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = subprocess.run([sys.executable, "-m", "arrcoc.cli", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    return out
+
+
+def state(path):
+    """The state dict of a Lightning checkpoint file."""
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+    """Phase 1 -> 2 -> 3 on the sample task, a few steps each, each phase starting from the last (through
+    ``arrcoc fit`` subprocesses; shared by the CLI and demo tests). Read-only for its users."""
+    tmp = tmp_path_factory.mktemp("chain")
+    cache = ["--data.cache_dir", str(tmp / "cache")]
+    runs = {}
+    for phase in (1, 2, 3):
+        extra = [] if phase == 1 else ["--model.init_args.init_from", str(runs[phase - 1] / "checkpoints/last.ckpt")]
+        run_dir = tmp / f"phase{phase}"
+        out = arrcoc("fit", "--config", f"configs/phase{phase}.yaml", *TINY, *cache,
+                     "--trainer.default_root_dir", str(run_dir), *extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[phase] = run_dir
+        runs[f"log{phase}"] = out.stderr + out.stdout
+    runs["cache"] = tmp / "cache"
+    return runs
+
+
+
 QUESTIONS = [
     ("What color is the triangle?", "red"),
     ("How many circles are there in the image?", "3"),

@@ -58,7 +58,7 @@ def test_data_config_parses(path):
 def test_vqav2_data_config_sources():
     cfg = data_parser().parse_object(yaml.safe_load((CONFIG_DIR / "data" / "vqav2.yaml").read_text()))
     assert cfg.data.train[0].path == "/data/vqav2/train" and cfg.data.train[0].weight == 1.0
-    assert cfg.data.encoder == "EVA02-L-14-336" and cfg.data.val == "/data/vqav2/val"
+    assert cfg.data.val == "/data/vqav2/val"
 
 
 def test_sample_task_data_config_builds(tmp_path):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arrcoc.console import console_logging
 from arrcoc.data.sample_task import COLORS, RADIUS, SHAPES, label_map, make_scene, render
 from arrcoc.presets import SHAPES_WEIGHTS, TINY_ENCODER, register_encoder_presets
 from arrcoc.processing import build_transform
@@ -155,7 +156,7 @@ def pretrain(out: Path, steps: int = 600, seed: int = 0, batch_size: int = 32, l
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging()
     p = argparse.ArgumentParser(prog="arrcoc pretrain-encoder", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help=f"checkpoint file (the preset's own: {SHAPES_WEIGHTS})")
     p.add_argument("--steps", type=int, default=600)

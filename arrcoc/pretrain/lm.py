@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from arrcoc.console import console_logging
 from arrcoc.data.prompt import VQAPromptBuilder
 from arrcoc.data.sample_task import KINDS, ask, list_objects, make_scene
 from arrcoc.language_model import LanguageModel
@@ -133,7 +134,7 @@ def pretrain(out: Path, steps: int = 4000, seed: int = 0, batch_size: int = 64, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging()
     p = argparse.ArgumentParser(prog="arrcoc pretrain-lm", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help=f"checkpoint directory (the preset's own: {TEXT_WEIGHTS})")
     p.add_argument("--steps", type=int, default=4000)

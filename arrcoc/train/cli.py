@@ -17,12 +17,22 @@ from typing import Any
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
+from arrcoc.console import console_logging
 from arrcoc.data.datamodule import VQADataModule
 from arrcoc.phases import PhaseModule
+from arrcoc.presets import TINY_ENCODER, TINY_LM
 
 
 class ARRCOCCLI(LightningCLI):
-    """LightningCLI with arrcoc's defaults: phases by ``class_path``, configs overwritten on requeue."""
+    """LightningCLI with arrcoc's defaults: phases by ``class_path``, configs overwritten on requeue, and the
+    data's encoder and LLM names taken from the model (a config names them once; they cannot disagree)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The data path needs the encoder's preprocessing and the LLM's tokenizer, never the models: link
+        # the names (apply_on="parse": the data module is built with them, before any model exists).
+        for target, compute in (("data.encoder", _encoder_name), ("data.encoder_pretrained", _encoder_pretrained),
+                                ("data.llm", _llm_name), ("data.trust_remote_code", _llm_trust_remote_code)):
+            parser.link_arguments("model.init_args.model", target, compute_fn=compute, apply_on="parse")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -60,6 +70,35 @@ class ARRCOCCLI(LightningCLI):
                     "resuming from %s, which holds every weight: init_from %s is not loaded", ckpt,
                     init_args.init_from)
                 init_args.init_from = None
+
+
+def _component(model: Any, name: str) -> tuple[str | None, Any]:
+    """(name given as a string, init_args given as a class) of ``ARRCOCModel``'s ``encoder``/``llm`` argument."""
+    init_args = model.get("init_args") if isinstance(model, Namespace) else None
+    value = init_args.get(name) if isinstance(init_args, Namespace) else None
+    if isinstance(value, str):
+        return value, Namespace()
+    args = value.get("init_args") if isinstance(value, Namespace) else None
+    return None, args if isinstance(args, Namespace) else Namespace()
+
+
+def _encoder_name(model: Any) -> str:
+    given, args = _component(model, "encoder")
+    return given or args.get("name") or TINY_ENCODER
+
+
+def _encoder_pretrained(model: Any) -> str | None:
+    tag = _component(model, "encoder")[1].get("pretrained")
+    return None if tag == "None" else tag  # a command-line null, before restore_nulls gives it back
+
+
+def _llm_name(model: Any) -> str:
+    given, args = _component(model, "llm")
+    return given or args.get("name") or TINY_LM
+
+
+def _llm_trust_remote_code(model: Any) -> bool:
+    return bool(_component(model, "llm")[1].get("trust_remote_code", False))
 
 
 def _phase_class(cfg: Any) -> str | None:
@@ -136,18 +175,6 @@ def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
         args=argv,
         run=run,
     )
-
-
-def console_logging() -> None:
-    """Show arrcoc's own reports (init_from, parameter table, skipped steps, histograms) on the console."""
-    logger = logging.getLogger("arrcoc")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[arrcoc] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        # Not again through the root logger, which a library's module-level logging.warning() configures.
-        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
