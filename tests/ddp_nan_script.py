@@ -35,7 +35,7 @@ class Recorder(L.Callback):
         self._snap(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.skips.append(pl_module._nan_steps)
+        self.skips.append(pl_module.nan_guard.in_a_row)
 
     def on_fit_end(self, trainer, pl_module):
         self._snap(pl_module)

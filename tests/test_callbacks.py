@@ -11,6 +11,7 @@ from arrcoc.callbacks import BudgetAnnealing, DeepSpeedSharding, EncoderFreezing
 from arrcoc.callbacks.freezing import parameter_table
 from arrcoc.model import ARRCOCModel
 from arrcoc.phases import AlignPhase, FinetunePhase, RelevancePhase
+from arrcoc.phases.guard import zero_loss
 
 
 def test_budget_annealing_schedule_and_state():
@@ -99,7 +100,7 @@ def test_deepspeed_sharding_reports_after_the_first_optimizer_step(caplog):
     with caplog.at_level("INFO", logger="arrcoc"):
         cb.on_train_batch_end(trainer, phase)  # a micro-batch before any optimizer step: nothing yet
         assert "optimizer state" not in caplog.text
-        phase.zero_loss().backward()
+        zero_loss(phase).backward()
         opt.step()  # AdamW's moments now exist: two fp32 tensors per trainable weight
         trainer.global_step = 1
         cb.on_train_batch_end(trainer, phase)

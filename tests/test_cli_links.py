@@ -28,6 +28,9 @@ def test_a_preset_layer_moves_model_and_data_together(cli):
                                  "--config", str(ROOT / "configs/presets/eva02-l-qwen2.5-1.5b.yaml")])
     assert cfg.data.encoder == "EVA02-L-14-336" and cfg.data.encoder_pretrained == "merged2b_s6b_b61k"
     assert cfg.data.llm == "Qwen/Qwen2.5-1.5B-Instruct"
+    # phase3.yaml sets the tiny LLM's `pretrained: text`; the layer resets it, or the hub LLM would be refused
+    llm = cfg.model.init_args.model.init_args.llm.init_args
+    assert llm.name == "Qwen/Qwen2.5-1.5B-Instruct" and llm.pretrained is None
 
 
 def test_the_data_names_cannot_be_set_apart_from_the_model(cli):

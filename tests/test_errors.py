@@ -63,7 +63,7 @@ def test_missing_vision_input(tiny_model):
 
 def test_init_from_with_pickled_objects_is_a_clear_error(tmp_path, shared_tiny_model):
     from arrcoc.data.sample_task import SampleTaskConfig
-    from arrcoc.phases.base import load_weights
+    from arrcoc.phases.weights import load_weights
 
     path = tmp_path / "objects.ckpt"
     torch.save({"state_dict": shared_tiny_model.state_dict(), "hparams": SampleTaskConfig()}, path)
@@ -76,7 +76,7 @@ def test_datamodule_checkpoints_hold_plain_hyperparameters(tmp_path, shared_tiny
     load with weights_only=True, which is what init_from does."""
     from arrcoc.data.datamodule import VQADataModule
     from arrcoc.data.sample_task import SampleTaskConfig
-    from arrcoc.phases.base import load_weights
+    from arrcoc.phases.weights import load_weights
 
     dm = VQADataModule(sample_task=SampleTaskConfig(train=8, val=4), cache_dir=str(tmp_path / "c"))
     assert dm.hparams["sample_task"] == {"train": 8, "val": 4, "seed": 0, "image_size": 128,

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from arrcoc.data.sample_task import label_map, make_scene
@@ -18,6 +19,7 @@ def test_label_map_matches_the_scene():
     assert labels[0, 0] == 0 or any(o.x - o.r <= 0 and o.y - o.r <= 0 for o in objs)
 
 
+@pytest.mark.slow  # a pretraining run
 def test_pretraining_learns_colours_and_loads_through_open_clip(tmp_path):
     stats = pretrain(tmp_path / "tiny.pt", steps=100, batch_size=8, lr=5e-3)
     assert stats["color_acc_on_objects"] > 0.4  # 7 colours: chance is 1/7

@@ -1,34 +1,37 @@
 """The shared base of the training phases: one LightningModule per phase, each a small subclass.
 
-Contract for a phase (subclass :class:`PhaseModule`):
+A phase (subclass of :class:`PhaseModule`) declares:
 
 * ``trainable``: the model components (names from ``ARRCOCModel.components()``) that learn; the
   rest are frozen at construction, so DDP and DeepSpeed only ever see the trainable set.
 * ``full_tokens``: whether the phase runs with allocation off (all patches).
 * ``default_lr``: learning rate per trainable component (overridable with ``lr``).
-* ``compute_losses(inputs, out)``: returns a dict with ``loss`` (what is optimised) and any parts
-  to log.
+* ``compute_losses(inputs, out)``: a dict with ``loss`` (what is optimised) and any parts to log.
+
+The base owns freezing, the optimizer groups and the learning-rate schedule, the evaluation steps and
+their metrics, and wires in the units beside it: ``init_from`` (:mod:`~arrcoc.phases.weights`), the
+non-finite-loss guard (:mod:`~arrcoc.phases.guard`), the throughput meter
+(:mod:`~arrcoc.phases.throughput`) and the budget-histogram writer (:mod:`~arrcoc.phases.evaluation`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import pickle
-import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from arrcoc.data.collate import model_inputs
 from arrcoc.metrics import BudgetHistogram, ExactMatch, VQAAccuracy
 from arrcoc.model import ARRCOCModel, ARRCOCOutput
+from arrcoc.phases.evaluation import write_budget_histogram
+from arrcoc.phases.guard import NonFiniteGuard
+from arrcoc.phases.throughput import Throughput
+from arrcoc.phases.weights import load_weights
 from arrcoc.presets import TINY_LM
 
 log = logging.getLogger("arrcoc.train")
@@ -51,8 +54,7 @@ class PhaseModule(L.LightningModule):
         max_new_tokens: answer length for greedy decoding in validation, test and predict.
         eval_full_tokens: in validation and test, also answer with all patches (the baseline).
         max_nan_steps: consecutive non-finite losses tolerated (each step skipped on every rank);
-            one more saves a checkpoint and stops the run. Counted per batch: with gradient accumulation,
-            a non-finite micro-batch drops the whole accumulated step.
+            one more saves a checkpoint and stops the run (see :class:`~arrcoc.phases.guard.NonFiniteGuard`).
     """
 
     trainable: ClassVar[tuple[str, ...]] = ()
@@ -91,9 +93,8 @@ class PhaseModule(L.LightningModule):
         self.val_loss, self.val_tokens = MeanMetric(), MeanMetric()
         self.val_tokens_max, self.val_tokens_min = MaxMetric(), MinMetric()
         self.val_hist = BudgetHistogram(max_tokens=model.encoder.num_patches)
-        self._nan_steps = self._nan_total = 0
-        self._skipping = False
-        self._t_last: float | None = None
+        self.nan_guard = NonFiniteGuard(max_in_a_row=max_nan_steps)
+        self.throughput = Throughput()
 
     # ------------------------------------------------------------------ what learns
     def trainable_components(self) -> list[str]:
@@ -147,11 +148,12 @@ class PhaseModule(L.LightningModule):
                 group["lr"] = group["base_lr"] * group.get("scale", 1.0) * factor
 
     def on_fit_start(self) -> None:
-        self._skipping, self._t_last = False, None  # nothing carried over from an earlier, interrupted fit
+        self.nan_guard.on_fit_start()  # nothing carried over from an earlier, interrupted fit
+        self.throughput.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["arrcoc"] = {"phase": type(self).__name__, "trainable": self.trainable_components()}
-        self._t_last = None  # writing the checkpoint is not training time
+        self.throughput.reset()  # writing the checkpoint is not training time
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume (``--ckpt_path``): refuse another phase's checkpoint by name (without DeepSpeed this comes
@@ -165,9 +167,6 @@ class PhaseModule(L.LightningModule):
                 f"--ckpt_path {path!r} is a checkpoint of {saved['phase']} training {saved['trainable']}; this run is "
                 f"{mine['phase']} training {mine['trainable']}. --ckpt_path resumes the same phase; to start this "
                 "phase from another phase's weights, give it as model.init_args.init_from")
-        # A checkpoint from before the budget became configuration still holds it.
-        for name in config_buffers(self.model):
-            checkpoint.get("state_dict", {}).pop(f"model.{name}", None)
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, inputs: dict[str, Any], out: ARRCOCOutput) -> dict[str, Tensor]:
@@ -176,68 +175,24 @@ class PhaseModule(L.LightningModule):
             losses["budget_loss"] = out.budget_loss
         return losses
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         inputs = model_inputs(batch)
         out = self.model(**inputs, return_logits=False)
         losses = self.compute_losses(inputs, out)
         loss = losses["loss"]
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:  # skip on every rank together, or DDP would hang
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            strategy = self.trainer.strategy
-            if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
-                raise RuntimeError(
-                    f"non-finite loss at step {self.global_step} under DeepSpeed ZeRO-3, where arrcoc cannot skip a "
-                    "step: the parameters are partitioned outside forward, so no zero loss reaches them. Use ZeRO-2 "
-                    "(configs/presets/deepspeed.yaml) or remove the cause (learning rate, precision, data)")
-            self._skip_non_finite()
-            # Lightning refuses a skipped backward under DDP (returning None), and DeepSpeed cannot skip
-            # one: every rank back-propagates exact zeros instead, and on_before_optimizer_step drops them
-            # so the optimizer leaves the weights alone. (Under DeepSpeed, which owns the gradients, Adam's
-            # momentum and weight decay still move the weights a little on that step.)
-            self._skipping = True
-            return self.zero_loss()
-        self._nan_steps = 0
+        skip = self.nan_guard.check(self, loss)
+        if skip is not None:
+            return skip  # a zero that back-propagates exact zeros; the optimizer step then drops them
         n = len(batch["input_ids"])
-        vt = out.allocation.visual_tokens.float()
+        vt = out.allocation.visual_tokens.float()  # (n,)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=n)
         self.log("train/visual_tokens", vt.mean(), prog_bar=True, batch_size=n)
-        now = time.perf_counter()
-        if self._t_last is not None:  # step to step; validation and checkpointing in between reset it
-            dt, world = now - self._t_last, self.trainer.world_size
-            # All ranks: this rank's rate times the number of ranks (they step together on equal batches).
-            self.log("perf/samples_per_s", n * world / dt, batch_size=n)
-            self.log("perf/visual_tokens_per_s", float(vt.sum()) * world / dt, batch_size=n)
-        self._t_last = now
+        for name, rate in self.throughput.step(n, vt, self.trainer.world_size).items():
+            self.log(name, rate, batch_size=n)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._skipping and not isinstance(self.trainer.strategy, DeepSpeedStrategy):
-            for group in optimizer.param_groups:  # no gradient: AdamW skips the parameter entirely
-                for p in group["params"]:
-                    p.grad = None
-        self._skipping = False
-
-    def zero_loss(self) -> Tensor:
-        """A zero that reaches every trainable weight and no activation: its gradients are exactly 0.
-        (``nan_loss * 0`` is not: 0 * NaN is NaN in every gradient behind it.)"""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.stack([p.sum() for p in params]).sum() * 0.0
-
-    def _skip_non_finite(self) -> None:
-        self._nan_steps += 1
-        self._nan_total += 1
-        self.log("train/skipped_nan_steps", float(self._nan_steps))  # in a row
-        self.log("train/skipped_nan_total", float(self._nan_total))
-        log.warning("non-finite loss at step %d: step skipped (%d in a row)", self.global_step, self._nan_steps)
-        if self._nan_steps > self.hparams.max_nan_steps:
-            path = Path(self.trainer.default_root_dir) / f"nan-stop-step{self.global_step}.ckpt"
-            self.trainer.save_checkpoint(path)
-            self.trainer.should_stop = True
-            raise RuntimeError(f"{self._nan_steps} non-finite losses in a row (max_nan_steps="
-                               f"{self.hparams.max_nan_steps}); stopped, checkpoint saved to {path}")
-        return None
+        self.nan_guard.before_optimizer_step(optimizer, self.trainer.strategy)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> None:
@@ -276,31 +231,22 @@ class PhaseModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def on_validation_start(self) -> None:
-        self._t_last = None  # the next training step's rate must not include validation time
+        self.throughput.reset()  # the next training step's rate must not include validation time
 
     def on_validation_epoch_end(self) -> None:
-        self._log_histogram("val")
+        self._write_histogram("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_histogram("test")
+        self._write_histogram("test")
 
-    def _log_histogram(self, prefix: str) -> None:
-        """The budget histogram (synchronised across ranks) as a log line and one JSON line per evaluation
-        in ``<log_dir>/<prefix>_budget_histogram.jsonl`` (step, bin edges, counts)."""
-        counts = self.val_hist.compute()
-        if self.trainer.sanity_checking:  # a couple of batches before training: not an evaluation
-            self.val_hist.reset()
-            return
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a broadcast: every rank asks
-        if self.trainer.is_global_zero and int(counts.sum()) > 0:
-            edges = self.val_hist.edges()
-            text = ", ".join(f"{int(edges[i])}-{int(edges[i + 1])}: {int(c)}" for i, c in enumerate(counts) if c)
-            log.info("%s budget histogram: %s", prefix, text)
-            out = Path(log_dir) / f"{prefix}_budget_histogram.jsonl"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("a") as f:
-                f.write(json.dumps({"step": self.global_step, "edges": [int(e) for e in edges.tolist()],
-                                    "counts": [int(c) for c in counts.tolist()]}) + "\n")
+    def _write_histogram(self, prefix: str) -> None:
+        """Write the evaluation's budget histogram (see :func:`~arrcoc.phases.evaluation.write_budget_histogram`)
+        and reset it; the sanity check before training is not an evaluation and writes nothing."""
+        counts = self.val_hist.compute()  # (bins,) summed over ranks: every rank takes part
+        if not self.trainer.sanity_checking:
+            log_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a broadcast: every rank asks
+            if self.trainer.is_global_zero:
+                write_budget_histogram(log_dir, prefix, self.global_step, self.val_hist.edges(), counts)
         self.val_hist.reset()
 
     def on_predict_start(self) -> None:
@@ -318,55 +264,3 @@ class PhaseModule(L.LightningModule):
                  "visual_tokens": int(vt[i])}
                 for i in range(len(gen.texts)) if bool(batch["valid"][i])]
 
-
-def load_weights(model: ARRCOCModel, path: str) -> dict[str, str]:
-    """Load a previous phase's weights into ``model``; returns {component: loaded|partial|init}.
-
-    Accepts a Lightning checkpoint (``state_dict`` with ``model.`` prefixes) or a plain state dict.
-    A missing file, or a tensor whose shape does not match, is a clear error naming it.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"init_from={path!r} does not exist (give the previous phase's checkpoint)")
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"init_from={path!r} holds Python objects besides tensors, which are not unpickled for safety "
-            f"({str(err).splitlines()[-1].strip()[:200]}); re-save it as {{'state_dict': ...}} of tensors") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"init_from={path!r} holds no state dict")
-    state = {k.removeprefix("model."): v for k, v in state.items()}
-    ignored = config_buffers(model)  # older checkpoints held them
-    state = {k: v for k, v in state.items() if k not in ignored}
-    own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
-           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise ValueError(f"init_from={path!r} does not match this architecture: " + "; ".join(bad[:5]))
-    unexpected = sorted(k for k in state if k not in own)
-    if unexpected:
-        raise ValueError(f"init_from={path!r} has weights this model lacks: {unexpected[:5]}"
-                         + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
-    model.load_state_dict(state, strict=False)
-    report = {}
-    for name, module in model.components().items():
-        keys = [f"{_prefix(model, module)}{k}" for k in module.state_dict()]
-        hit = sum(k in state for k in keys)
-        report[name] = "loaded" if hit == len(keys) else ("init" if hit == 0 else f"partial ({hit}/{len(keys)})")
-    log.info("init_from %s: %s", path, ", ".join(f"{k} {v}" for k, v in report.items()))
-    return report
-
-
-def config_buffers(model: nn.Module) -> set[str]:
-    """Names of the model's non-persistent buffers (the allocator's budget bounds and target): set by
-    configs and callbacks, never taken from a checkpoint, even one written when they were saved."""
-    return {name for name, _ in model.named_buffers()} - set(model.state_dict())
-
-
-def _prefix(model: nn.Module, module: nn.Module) -> str:
-    for name, mod in model.named_modules():
-        if mod is module:
-            return f"{name}." if name else ""
-    raise KeyError("component not found in model")

@@ -1,0 +1,73 @@
+"""``init_from``: a previous phase's weights into a model, and a report of what each component got.
+
+A phase starts from the last one's checkpoint: the components both phases share load, the new ones keep
+their initialisation. Anything else in the file (a tensor of another shape, a weight this model lacks) is
+an error naming it, never silently dropped. The allocator's budget is configuration (non-persistent
+buffers), so no checkpoint holds it and each phase's config sets its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("arrcoc.train")
+
+
+def load_weights(model: nn.Module, path: str) -> dict[str, str]:
+    """Load the weights in ``path`` into ``model``; returns ``{component: "loaded" | "partial (k/n)" | "init"}``
+    over ``model.components()`` (an :class:`~arrcoc.model.ARRCOCModel`).
+
+    ``path`` is a Lightning checkpoint (``state_dict`` with ``model.`` prefixes) or a plain state dict (the
+    consolidated DeepSpeed file). A missing file, pickled objects besides tensors, a tensor whose shape
+    differs, or a weight the model lacks is a ``FileNotFoundError`` / ``ValueError`` naming it.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
+           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"init_from={path!r} does not match this architecture: " + "; ".join(bad[:5]))
+    unexpected = sorted(k for k in state if k not in own)
+    if unexpected:
+        raise ValueError(f"init_from={path!r} has weights this model lacks: {unexpected[:5]}"
+                         + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    model.load_state_dict(state, strict=False)
+    report = coverage(model, set(state))
+    log.info("init_from %s: %s", path, ", ".join(f"{k} {v}" for k, v in report.items()))
+    return report
+
+
+def read_state_dict(path: str) -> dict[str, Tensor]:
+    """The tensors in ``path`` keyed as in the model (a Lightning checkpoint's ``model.`` prefix removed),
+    read with ``weights_only=True``: a file is never allowed to run code."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"init_from={path!r} does not exist (give the previous phase's checkpoint)")
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"init_from={path!r} holds Python objects besides tensors, which are not unpickled for safety "
+            f"({str(err).splitlines()[-1].strip()[:200]}); re-save it as {{'state_dict': ...}} of tensors") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"init_from={path!r} holds no state dict")
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def coverage(model: nn.Module, keys: set[str]) -> dict[str, str]:
+    """Per component of ``model``: ``loaded`` (every state-dict entry among ``keys``), ``init`` (none) or
+    ``partial (k/n)``."""
+    names = {id(module): name for name, module in model.named_modules()}
+    report = {}
+    for component, module in model.components().items():
+        prefix = f"{names[id(module)]}." if names[id(module)] else ""
+        own = [f"{prefix}{k}" for k in module.state_dict()]
+        hit = sum(k in keys for k in own)
+        report[component] = "loaded" if hit == len(own) else ("init" if hit == 0 else f"partial ({hit}/{len(own)})")
+    return report
