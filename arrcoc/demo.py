@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from arrcoc.data import model_inputs
-from arrcoc.data.shards import Skip, is_sample, iter_tar
+from arrcoc.data.shards import shard_samples
 from arrcoc.metrics import VQAAccuracy
 from arrcoc.processing import majority_answer
 
@@ -47,8 +47,8 @@ def majority_baseline(train_urls: list[str]) -> str:
     """The most frequent training answer (json only: images are not decoded)."""
     counts: Counter[str] = Counter()
     for url in train_urls:
-        for raw in iter_tar(url):
-            if not isinstance(raw, Skip) and is_sample(raw) and "json" in raw.files:
+        for raw in shard_samples(url, lambda skip: None):  # the training run counts skips; this only peeks
+            if "json" in raw.files:
                 counts[majority_answer(json.loads(raw.files["json"])["answers"])] += 1
     return counts.most_common(1)[0][0]
 
@@ -75,7 +75,6 @@ def evaluate(model, datamodule) -> dict:
     tokens: list[int] = []
     low_tokens: list[int] = []
     for batch in datamodule.val_dataloader():
-        batch.pop("data_stats", None)
         inputs, valid, answers = model_inputs(batch), batch["valid"], batch["answers"]
         with torch.no_grad():
             if "patch_features" not in inputs:  # the frozen encoder runs once; all seven variants reuse it
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup("validate")
     results = evaluate(model, dm)
     batch = next(iter(dm.val_dataloader()))
-    batch = model_inputs({k: v for k, v in batch.items() if k != "data_stats"})
+    batch = model_inputs(batch)
     t_full, t_adapt = step_time(model, batch, True), step_time(model, batch, False)
     results["step_time_ms"] = {"full": 1000 * t_full, "adaptive": 1000 * t_adapt, "ratio": t_full / t_adapt}
     results["wall_s"] = time.perf_counter() - t_start

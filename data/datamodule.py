@@ -20,7 +20,8 @@ from arrcoc.data.prompt import VQA_INSTRUCTION, VQAPromptBuilder
 from arrcoc.data.sample_task import SampleTaskConfig, write_split
 from arrcoc.data.shards import read_manifest
 from arrcoc.data.sources import Source, SourceConfig, count_samples, first_sample, resolve
-from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream, collect_stats, total_skipped
+from arrcoc.data.stats import StatsTable, skipped_by_reason, total_skipped
+from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream
 from arrcoc.presets import TINY_ENCODER, TINY_LM
 from arrcoc.processing import build_tokenizer, build_transform, transform_size
 
@@ -100,7 +101,7 @@ class VQADataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.sources: dict[str, list[Source]] = {}
-        self.skip_tables: dict[str, dict] = {"train": {}, "eval": {}}
+        self.skip_tables: dict[str, StatsTable] = {"train": {}, "eval": {}}  # filled by the loaders
         self._epochs = 0
         self._resume: dict[str, int] | None = None
 
@@ -176,8 +177,8 @@ class VQADataModule(L.LightningDataModule):
             raise ValueError(f"data.{split} is not set: give shard paths (or sample_task for train/val)")
         return self.sources[split]
 
-    def _loader(self, stream: IterableDataset, epoch_fn, skip_fn=None) -> EpochDataLoader:
-        return EpochDataLoader(stream, epoch_fn, skip_fn, num_workers=self.num_workers,
+    def _loader(self, stream: IterableDataset, table: str, epoch_fn, skip_fn=None) -> EpochDataLoader:
+        return EpochDataLoader(stream, epoch_fn, skip_fn, stats=self.skip_tables[table], num_workers=self.num_workers,
                                persistent_workers=False, pin_memory=False)
 
     def _epoch(self) -> int:
@@ -189,7 +190,7 @@ class VQADataModule(L.LightningDataModule):
         return self._epochs - 1
 
     def train_dataloader(self) -> EpochDataLoader:
-        return self._loader(self.train_stream(), self._epoch, self._skip)
+        return self._loader(self.train_stream(), "train", self._epoch, self._skip)
 
     def _skip(self, epoch: int) -> int:
         """Batches to replay-and-drop: those of the resumed epoch that were trained before the checkpoint."""
@@ -221,12 +222,12 @@ class VQADataModule(L.LightningDataModule):
         return self._eval_loader("test" if self.specs.get("test") is not None else "val")
 
     def _eval_loader(self, split: str) -> EpochDataLoader:
-        return self._loader(self.eval_stream(split), lambda: 0)
+        return self._loader(self.eval_stream(split), "eval", lambda: 0)
 
     # ------------------------------------------------------------------ bookkeeping
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        training = self.trainer is not None and self.trainer.training
-        collect_stats(batch, self.skip_tables["train" if training else "eval"])
+        """The loader has recorded the batch's ``data_stats``; the step does not get it."""
+        batch.pop("data_stats", None)
         return batch
 
     @property
@@ -239,9 +240,5 @@ class VQADataModule(L.LightningDataModule):
         return total_skipped(self.skip_tables["eval"])
 
     def skipped_by_reason(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for table in self.skip_tables.values():
-            for counts in table.values():
-                for reason, n in counts.items():
-                    out[reason] = out.get(reason, 0) + n
-        return out
+        """Skipped samples per reason, training and evaluation, on this rank."""
+        return skipped_by_reason(*self.skip_tables.values())

@@ -16,7 +16,7 @@ import os
 import tarfile
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,12 +180,16 @@ class Skip:
 def iter_tar(url: str) -> Iterator[RawSample | Skip]:
     """Stream a tar shard (a path or any ``webdataset.gopen`` URL such as ``pipe:CMD``) as samples.
 
-    Members are grouped by key (the name up to the first '.' of its last path part): one RawSample
-    per key, so a sample position is never lost. A shard that can't be opened, or breaks off
-    mid-stream, yields a shard-level :class:`Skip` (key ``"*"``) instead of raising; what was read
-    before the break still comes out.
+    Members are grouped by key with webdataset's own rule (``base_plus_ext``: the name up to the
+    first '.' of its last path part, folders included); hidden files (``.DS_Store``, also inside a
+    folder) are ignored. One RawSample per key, so a sample position is never lost. A shard that
+    can't be opened, or breaks off mid-stream, yields a shard-level :class:`Skip` (key ``"*"``)
+    instead of raising; what was read before the break still comes out, a member cut off by the
+    break marked ``__broken__`` (a sample that :func:`decode` counts as ``unreadable_member``).
+    Most callers want :func:`shard_samples`.
     """
     from webdataset.gopen import gopen
+    from webdataset.tariterators import base_plus_ext
 
     try:
         stream = gopen(url, "rb")
@@ -198,11 +202,11 @@ def iter_tar(url: str) -> Iterator[RawSample | Skip]:
             for member in tar:
                 if not member.isfile():
                     continue
-                base = member.name.rsplit("/", 1)[-1]
-                if base.startswith(".") or "." not in base:
+                if member.name.rsplit("/", 1)[-1].startswith("."):
                     continue
-                key, ext = base.split(".", 1)
-                key = member.name[: len(member.name) - len(base)] + key
+                key, ext = base_plus_ext(member.name)  # "00000/000000001.seg.png" -> ("00000/000000001", "seg.png")
+                if key is None:  # no extension: not a sample member
+                    continue
                 if current is None or current.key != key:
                     if current is not None:
                         yield current
@@ -227,6 +231,16 @@ def iter_tar(url: str) -> Iterator[RawSample | Skip]:
                 pass
     if current is not None:
         yield current
+
+
+def shard_samples(url: str, on_skip: Callable[[Skip], None]) -> Iterator[RawSample]:
+    """A shard's samples, undecoded: every :class:`Skip` goes to ``on_skip`` (e.g. a ``SkipCounter``),
+    stray files (:func:`is_sample`) are dropped. The one loop over :func:`iter_tar` all readers use."""
+    for item in iter_tar(url):
+        if isinstance(item, Skip):
+            on_skip(item)
+        elif is_sample(item):
+            yield item
 
 
 def is_sample(raw: RawSample) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from arrcoc.data.shards import read_manifest
+from arrcoc.data.shards import BadSample, Skip, decode, read_manifest, shard_samples
 
 log = logging.getLogger("arrcoc.data")
 
@@ -91,30 +91,27 @@ def resolve(spec: str | SourceConfig | dict) -> Source:
 
 def count_samples(source: Source) -> Source:
     """Fill in sample counts by reading every shard once (for sources without a manifest)."""
-    from arrcoc.data.shards import Skip, is_sample, iter_tar
-
     if source.counts is None:
         log.warning("counting the samples of %s by reading its %d shards (give a manifest to skip this)",
                     source.name, len(source.urls))
-        source.counts = [sum(1 for r in iter_tar(u) if not isinstance(r, Skip) and is_sample(r))
-                         for u in source.urls]
+        source.counts = [sum(1 for _ in shard_samples(u, _ignore)) for u in source.urls]
     return source
 
 
 def first_sample(sources: list[Source]) -> dict | None:
     """The first decodable sample of the first source (what a placeholder should look like)."""
-    from arrcoc.data.shards import BadSample, Skip, decode, is_sample, iter_tar
-
     for src in sources:
         for url in src.urls[:3]:
-            for raw in iter_tar(url):
-                if isinstance(raw, Skip) or not is_sample(raw):
-                    continue
+            for raw in shard_samples(url, _ignore):
                 try:
                     return decode(raw)
                 except BadSample:
                     continue
     return None
+
+
+def _ignore(skip: Skip) -> None:
+    """Skips while counting or peeking are not counted: the streams that read the samples count them."""
 
 
 def split_for(items: list, index: int, parts: int, *, share_if_short: bool) -> list:

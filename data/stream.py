@@ -1,69 +1,51 @@
-"""The streaming datasets: shard list -> split by rank -> split by worker -> read -> shuffle (raw
-bytes) -> decode -> preprocess -> batch. Batching happens inside each worker (the loader's
-batch_size is None), so every batch a rank yields is full and the batch counts are fixed up front.
+"""The streaming datasets, each a list of stages (:mod:`arrcoc.data.stages`), and the loader that
+reads their statistics.
+
+Training: shards split by rank, then by worker -> resampled and mixed -> shuffled (raw bytes) -> decoded
+-> preprocessed -> batched. Batching happens inside each worker (the loader's batch_size is None), so
+every batch a rank yields is full and the batch counts are fixed up front.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import random
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from arrcoc.data.shards import BadSample, RawSample, Skip, decode, is_sample, iter_tar
-from arrcoc.data.sources import Source, split_for
+from arrcoc.data import stages
+from arrcoc.data.shards import RawSample, Skip, shard_samples
+from arrcoc.data.sources import Source
+from arrcoc.data.stats import SkipCounter, StatsTable, record_stats, total_skipped, worker_stats
 
-log = logging.getLogger("arrcoc.data")
+__all__ = ["EpochDataLoader", "EvalStream", "SkipCounter", "TrainStream", "decoded", "total_skipped"]
 
 Preprocess = Callable[[dict[str, Any]], dict[str, Any]]
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
-class SkipCounter:
-    """Counts skipped samples by reason and warns with the shard and key (the first few of each
-    reason, then every 1000th, so a broken source does not drown the log)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def __call__(self, skip: Skip) -> None:
-        self.counts[skip.reason] += 1
-        n = self.counts[skip.reason]
-        if n <= 5 or n % 1000 == 0:
-            log.warning("skipped %s in %s (%s, #%d of this kind)%s", skip.key, skip.url, skip.reason, n,
-                        f": {skip.detail}" if skip.detail else "")
-
-
 def _worker() -> tuple[int, int]:
+    """(this worker's index, the number of workers); (0, 1) outside a DataLoader worker."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def decode_or_skip(raw: RawSample, skips: SkipCounter) -> dict[str, Any] | None:
-    try:
-        return decode(raw)
-    except BadSample as err:
-        skips(Skip(raw.url, raw.key, err.reason, str(err)))
-        return None
-
-
 def decoded(url: str, skips: SkipCounter) -> Iterator[dict[str, Any] | Skip]:
-    """A shard's samples decoded; bad ones come out as :class:`Skip` (and are counted)."""
-    for item in iter_tar(url):
-        if isinstance(item, Skip):
-            skips(item)
-            yield item
-        elif is_sample(item):
-            sample = decode_or_skip(item, skips)
-            yield sample if sample is not None else Skip(url, item.key, "bad_sample")
+    """A shard's samples decoded, for inspection: every skip (of the shard, or of a sample) is counted
+    and also comes out, in its place, as a :class:`Skip`."""
+    shard_skips: list[Skip] = []
 
+    def note(skip: Skip) -> None:
+        skips(skip)
+        shard_skips.append(skip)
 
-def _stats(skips: SkipCounter, rank: int, worker: int, epoch: int) -> dict[str, Any]:
-    return {"worker": (rank, worker, epoch), "skipped": dict(skips.counts)}
+    for item in stages.decoded(shard_samples(url, note), skips):
+        yield from shard_skips
+        shard_skips.clear()
+        yield item
+    yield from shard_skips
 
 
 class TrainStream(IterableDataset):
@@ -72,7 +54,8 @@ class TrainStream(IterableDataset):
     Shards are split by the trainer's global rank (not by environment variables), then by worker;
     with fewer shards than ranks (or workers), all of them are shared and resampled with different
     seeds. Several sources are mixed by weight. The shuffle buffer holds raw bytes; images are
-    decoded after shuffling.
+    decoded after shuffling. ``__iter__`` is the list of stages; one ``random.Random`` per (seed,
+    epoch, rank, worker) makes every draw, so an epoch's order is reproducible and resumable.
     """
 
     def __init__(self, sources: list[Source], preprocess: Preprocess, collate: Collate, batch_size: int,
@@ -91,73 +74,29 @@ class TrainStream(IterableDataset):
         return self.batches_per_rank
 
     def batches_for_worker(self, worker: int, num_workers: int) -> int:
+        """This worker's share of the rank's batches (the first ``batches_per_rank % num_workers`` get one more)."""
         base, extra = divmod(self.batches_per_rank, num_workers)
         return base + (1 if worker < extra else 0)
 
-    def _raw(self, rng: random.Random, skips: SkipCounter, worker: int, nworkers: int) -> Iterator[RawSample]:
-        streams = []
-        for src in self.sources:
-            mine = split_for(src.urls, self.rank, self.world_size, share_if_short=True)
-            streams.append(self._resampled(split_for(mine, worker, nworkers, share_if_short=True), rng, skips))
-        weights = [s.weight for s in self.sources]
-        while True:
-            i = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
-            yield next(streams[i])
-
-    def _resampled(self, urls: list[str], rng: random.Random, skips: SkipCounter) -> Iterator[RawSample]:
-        empty_rounds = 0
-        while True:
-            got = False
-            for item in iter_tar(rng.choice(urls)):
-                if isinstance(item, Skip):
-                    skips(item)
-                elif is_sample(item):
-                    got = True
-                    yield item
-            empty_rounds = 0 if got else empty_rounds + 1
-            if empty_rounds > 10 * len(urls):
-                raise RuntimeError(f"no readable samples in {len(urls)} shard(s), e.g. {urls[0]}")
+    def batches_replayed(self, worker: int, num_workers: int) -> int:
+        """This worker's share of ``skip_batches``: the loader takes batch i from worker i % num_workers."""
+        return len(range(worker, min(self.skip_batches, self.batches_per_rank), num_workers))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, nworkers = _worker()
-        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")  # every draw below, in order
         skips = SkipCounter()
-        buffer: list[RawSample] = []
-        batch: list[dict] = []
-        remaining = self.batches_for_worker(worker, nworkers)
-        # The loader takes batches from workers in turn: batch i comes from worker i % nworkers.
-        to_skip = len(range(worker, min(self.skip_batches, self.batches_per_rank), nworkers))
-        raws = self._raw(rng, skips, worker, nworkers)
-        failures = 0
-        while remaining > 0:
-            raw = next(raws)
-            if self.shuffle_buffer > 1:
-                buffer.append(raw)
-                if len(buffer) < self.shuffle_buffer:
-                    continue
-                raw = buffer.pop(rng.randrange(len(buffer)))
-            sample = decode_or_skip(raw, skips)
-            try:
-                if sample is None:
-                    raise BadSample("undecodable")
-                batch.append(self.preprocess(sample))
-                failures = 0
-            except BadSample as err:
-                if sample is not None:
-                    skips(Skip(raw.url, raw.key, err.reason, str(err)))
-                failures += 1
-                if failures > self.max_failures:
-                    raise RuntimeError(f"{failures} samples in a row could not be used (skipped: "
-                                       f"{dict(skips.counts)}); check the training source") from err
-                continue
-            if len(batch) == self.batch_size:
-                if to_skip > 0:  # replayed exactly (same reads, same RNG draws), then dropped
-                    to_skip -= 1
-                else:
-                    out = self.collate(batch)
-                    out["data_stats"] = _stats(skips, self.rank, worker, self.epoch)
-                    yield out
-                batch, remaining = [], remaining - 1
+        per_source = [stages.resampled(stages.worker_shards(src.urls, self.rank, self.world_size, worker, nworkers),
+                                       rng, skips) for src in self.sources]
+        raws = stages.mixed(per_source, [src.weight for src in self.sources], rng)
+        raws = stages.shuffled(raws, self.shuffle_buffer, rng)  # raw bytes: the buffer holds no decoded image
+        samples = stages.decoded(raws, skips)
+        samples = stages.preprocessed(samples, self.preprocess, skips)
+        samples = stages.usable(samples, self.max_failures, lambda: dict(skips.counts))
+        batches = stages.batched(samples, self.batch_size)
+        batches = stages.resumed(batches, self.batches_replayed(worker, nworkers),
+                                 self.batches_for_worker(worker, nworkers))
+        yield from stages.collated(batches, self.collate, lambda: worker_stats(skips, self.rank, worker, self.epoch))
 
 
 class EvalStream(IterableDataset):
@@ -200,81 +139,83 @@ class EvalStream(IterableDataset):
         return sum(math.ceil((b - a) / self.batch_size)
                    for a, b in (self.worker_range(w, nworkers) for w in range(nworkers)))
 
-    def _positions(self, start: int, stop: int, skips: SkipCounter) -> Iterator[dict[str, Any] | None]:
+    def _positions(self, start: int, stop: int, skips: SkipCounter) -> Iterator[RawSample | Skip]:
+        """One item per global sample position in [start, stop): the raw sample, or a Skip where there
+        is none (its shard holds fewer than the manifest says, or the position is past the end)."""
         offset = 0
         for url, count in self.shards:
             lo, hi = max(start, offset), min(stop, offset + count)
             if lo < hi:
                 seen = 0
-                for item in iter_tar(url):
-                    if isinstance(item, Skip):
-                        skips(item)
-                        continue
-                    if not is_sample(item):
-                        continue
+                for raw in shard_samples(url, skips):
                     pos = offset + seen
                     seen += 1
                     if pos >= hi:
                         break
                     if pos >= lo:
-                        yield decode_or_skip(item, skips)
+                        yield raw
                 if offset + seen < hi:  # the shard holds fewer samples than its manifest says
-                    skips(Skip(url, "*", "manifest_mismatch", f"manifest says {count}, found {seen}"))
+                    missing = Skip(url, "*", "manifest_mismatch", f"manifest says {count}, found {seen}")
+                    skips(missing)  # counted once per shard; every missing position gets a placeholder
                     for _ in range(max(lo, offset + seen), hi):
-                        yield None
+                        yield missing
             offset += count
-        for _ in range(max(start, self.total), stop):  # padding past the end
-            yield None
+        for _ in range(max(start, self.total), stop):  # padding past the end (not a skip: nothing is missing)
+            yield Skip("", "*", "padding")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, nworkers = _worker()
-        start, stop = self.worker_range(worker, nworkers)
         skips = SkipCounter()
-        batch: list[dict] = []
-        for sample in self._positions(start, stop, skips):
-            item = None
-            if sample is not None:
-                try:
-                    item = self.preprocess(sample)
-                except BadSample as err:
-                    skips(Skip(sample["__url__"], sample["__key__"], err.reason, str(err)))
-            batch.append(item if item is not None else self.placeholder())
-            if len(batch) == self.batch_size:
-                yield self._emit(batch, skips, worker)
-                batch = []
-        if batch:
-            yield self._emit(batch, skips, worker)
-
-    def _emit(self, batch: list[dict], skips: SkipCounter, worker: int) -> dict[str, Any]:
-        out = self.collate(batch)
-        out["data_stats"] = _stats(skips, self.rank, worker, self.epoch)
-        return out
+        raws = self._positions(*self.worker_range(worker, nworkers), skips)
+        samples = stages.decoded(raws, skips)
+        samples = stages.preprocessed(samples, self.preprocess, skips)
+        samples = stages.placeholders(samples, self.placeholder)
+        batches = stages.batched(samples, self.batch_size, partial=True)
+        yield from stages.collated(batches, self.collate, lambda: worker_stats(skips, self.rank, worker, self.epoch))
 
 
 class EpochDataLoader(DataLoader):
     """A DataLoader that tells its stream the epoch before each pass (IterableDatasets get no
     ``set_epoch`` from Lightning), so every epoch draws a new shard order, and a resumed run the
-    same order it would have drawn."""
+    same order it would have drawn; ``skip_fn(epoch)`` gives the batches of that epoch already trained.
+
+    It is also where data statistics are read: every batch's ``data_stats`` (see
+    :mod:`arrcoc.data.stats`) is recorded in :attr:`stats` as the batch passes, so the skip counts
+    are there whether or not Lightning drives the loop.
+    """
 
     def __init__(self, dataset: IterableDataset, epoch_fn: Callable[[], int],
-                 skip_fn: Callable[[int], int] | None = None, **kwargs: Any) -> None:
+                 skip_fn: Callable[[int], int] | None = None, stats: StatsTable | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         self._epoch_fn, self._skip_fn = epoch_fn, skip_fn
+        self.stats: StatsTable = {} if stats is None else stats  # filled as batches pass
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.epoch = self._epoch_fn()
         if self._skip_fn is not None:
             self.dataset.skip_batches = self._skip_fn(self.dataset.epoch)
-        return super().__iter__()
+        return _Recorded(super().__iter__(), self.stats)
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped in the batches this loader has delivered (all workers, all passes)."""
+        return total_skipped(self.stats)
 
 
-def collect_stats(batch: dict[str, Any], table: dict[tuple, dict[str, int]]) -> None:
-    """Move a batch's ``data_stats`` into ``table``: the latest cumulative counts per (rank, worker,
-    epoch), so totals add up across epochs."""
-    stats = batch.pop("data_stats", None)
-    if stats is not None:
-        table[tuple(stats["worker"])] = stats["skipped"]
+class _Recorded:
+    """A loader iterator whose batches' ``data_stats`` are noted in a table as they pass."""
 
+    def __init__(self, batches: Iterator[dict[str, Any]], table: StatsTable) -> None:
+        self._batches, self._table = batches, table
 
-def total_skipped(table: dict[tuple, dict[str, int]]) -> int:
-    return sum(sum(c.values()) for c in table.values())
+    def __iter__(self) -> _Recorded:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._batches)
+        record_stats(batch, self._table)
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._batches)
