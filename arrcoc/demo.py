@@ -117,16 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=20000, help="sample-task training samples")
     parser.add_argument("--val", type=int, default=500, help="sample-task validation samples")
     parser.add_argument("--cache-dir", default=None, help="sample-task cache (default: the configs')")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="skip training: compare the variants on this phase-3 checkpoint (e.g. a previous demo's "
+                             "runs/demo/phase3/checkpoints/last.ckpt)")
     args = parser.parse_args(argv)
     if not CONFIGS.is_dir():
         parser.error(f"{CONFIGS} not found: run the demo from a source checkout (make demo)")
-    from arrcoc.train.cli import build_cli, console_logging
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint} does not exist (give a phase-3 last.ckpt)")
+    from arrcoc.console import console_logging
+    from arrcoc.train.cli import build_cli
 
     console_logging()  # the init_from reports and parameter tables, as `arrcoc fit` shows them
     t_start = time.perf_counter()
     steps = args.steps or [None, None, None]
-    prev = None
-    for phase in (1, 2, 3):
+    prev = args.checkpoint
+    for phase in (1, 2, 3) if args.checkpoint is None else ():
         print(f"\n=== phase {phase} ({['align', 'relevance', 'allocation fine-tune'][phase - 1]}) ===", flush=True)
         argv_p = _phase_args(phase, steps[phase - 1] or _config_steps(phase), args.out, args, prev)
         build_cli(["fit", *argv_p])

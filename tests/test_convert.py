@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from arrcoc.data.cli import main as data_main
@@ -94,6 +95,7 @@ def test_missing_inputs_fail_naming_the_path(tmp_path, capsys):
     assert "nope.jsonl does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # `arrcoc data inspect` in subprocesses
 def test_inspect(tmp_path):
     assert data_main(["sample", "--out", str(tmp_path / "st"), "--train", "0", "--val", "40"]) == 0
     out = subprocess.run([sys.executable, "-m", "arrcoc.cli", "data", "inspect", str(tmp_path / "st" / "val")],

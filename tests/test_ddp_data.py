@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from shardkit import add_to_manifest, write_broken_shard, write_dataset
+
+pytestmark = pytest.mark.slow  # two processes, each building a model and a trainer
 
 SCRIPT = Path(__file__).with_name("ddp_data_script.py")
 

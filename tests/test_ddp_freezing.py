@@ -4,7 +4,11 @@ move before its step, moves after it on both ranks, and stays identical across r
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_ddp_script
+
+pytestmark = pytest.mark.slow  # two processes, each building a model and a trainer
 
 SCRIPT = Path(__file__).with_name("ddp_freezing_script.py")
 

@@ -4,7 +4,11 @@ every rank skips that step together (no hang, no update anywhere), then training
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_ddp_script
+
+pytestmark = pytest.mark.slow  # two processes, each building a model and a trainer
 
 SCRIPT = Path(__file__).with_name("ddp_nan_script.py")
 

@@ -1,18 +1,20 @@
-"""``arrcoc demo`` end to end at toy size: three phases from the YAML configs, then the table."""
+"""``arrcoc demo``: the comparison table on the trained chain's model, and the phases' arguments it trains with."""
 
 import json
 import re
-import subprocess
-import sys
+from argparse import Namespace
+
+import pytest
+
+from conftest import ROOT, arrcoc
 
 
-def test_demo_runs_the_three_phases_and_reports(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "arrcoc.cli", "demo", "--steps", "3", "2", "2", "--train", "64",
-                          "--val", "24", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")],
-                         capture_output=True, text=True, timeout=600)
+@pytest.mark.slow  # the chain fixture trains three phases in subprocesses
+def test_demo_compares_the_variants_on_a_trained_model(chain, tmp_path):
+    out = arrcoc("demo", "--checkpoint", str(chain[3] / "checkpoints/last.ckpt"), "--train", "96", "--val", "24",
+                 "--out", str(tmp_path / "run"), "--cache-dir", str(chain["cache"]))
     assert out.returncode == 0, out.stderr[-3000:]
-    for phase in (1, 2, 3):
-        assert (tmp_path / "run" / f"phase{phase}" / "checkpoints" / "last.ckpt").is_file()
+    assert "=== phase" not in out.stdout  # nothing trained again
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     acc = results["accuracy"]
     assert set(acc) == {"full", "shuffled", "adaptive", "random", "grid", "majority", "learned@64", "random@64",
@@ -30,6 +32,28 @@ def test_demo_runs_the_three_phases_and_reports(tmp_path):
                 "random selection, budget 64", "majority answer"):
         assert row in text
     assert re.search(r"training step, full vs adaptive: \d+ ms vs \d+ ms = [\d.]+x", text)
-    # arrcoc's own reports reach the console, as under `arrcoc fit`: each phase says what it loaded
+    # arrcoc's own reports reach the console, as under `arrcoc fit`: what the evaluated model loaded
     assert "[arrcoc] init_from" in out.stderr and "projector loaded" in out.stderr
     assert "INFO:arrcoc" not in out.stderr  # once, not again through the root logger
+
+
+def test_the_demo_trains_each_phase_from_its_config_and_the_previous_phase(tmp_path):
+    """What the demo hands ``arrcoc fit`` for each phase parses, with its steps, run directory and hand-off."""
+    from arrcoc.demo import _phase_args
+    from arrcoc.train.cli import build_cli
+
+    parser = build_cli(["--config", str(ROOT / "configs/phase1.yaml"), "--data.cache_dir", str(tmp_path)],
+                       run=False).parser
+    args = Namespace(train=96, val=24, cache_dir=str(tmp_path / "cache"))
+    prev = None
+    for phase, phase_class in ((1, "AlignPhase"), (2, "RelevancePhase"), (3, "FinetunePhase")):
+        cfg = parser.parse_args(_phase_args(phase, 7, tmp_path / "run", args, prev))
+        assert cfg.model.class_path.endswith(phase_class) and cfg.trainer.max_steps == 7
+        assert cfg.trainer.default_root_dir == str(tmp_path / "run" / f"phase{phase}")
+        assert cfg.model.init_args.init_from == (None if prev is None else str(prev))
+        assert (cfg.data.sample_task.train, cfg.data.sample_task.val, cfg.data.cache_dir) == (96, 24, args.cache_dir)
+        prev = tmp_path / "run" / f"phase{phase}" / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit):  # a checkpoint that is not there is refused before anything runs
+        from arrcoc.demo import main
+
+        main(["--checkpoint", str(tmp_path / "missing.ckpt")])

@@ -51,6 +51,7 @@ def test_invalid_name_and_layer():
         VisionEncoder("arrcoc-tiny-vit", layer=5)
 
 
+@pytest.mark.slow  # builds the real EVA02-L/14-336 tower (random weights)
 def test_eva02_l_14_336_without_weights():
     """The real preset's architecture: 24x24 = 576 patch tokens of width 1024 (random weights)."""
     enc = VisionEncoder("EVA02-L-14-336", pretrained=None)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from arrcoc.data import model_inputs
@@ -39,6 +40,7 @@ def test_cached_greedy_equals_recomputation(shared_tiny_model):
     assert len(gen.texts) == 3 and gen.allocation.budget.shape == (3,)
 
 
+@pytest.mark.slow  # a short training run
 def test_answer_is_cut_off_and_learned(tiny_model):
     """After overfitting a batch, greedy decoding from the prompt alone gives the answers."""
     model = tiny_model.train()

@@ -102,6 +102,7 @@ def test_gradient_reaches_every_allocation_parameter(tiny_model):
     assert all(p.grad is None for p in model.encoder.parameters())
 
 
+@pytest.mark.slow  # a short training run
 def test_budget_head_learns_from_budget_constraint(tiny_model):
     """The batch-mean constraint moves the mean budget towards the target."""
     model = tiny_model.train()

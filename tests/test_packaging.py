@@ -30,10 +30,13 @@ def test_wheel_contents(tmp_path):
                     "-w", str(tmp_path)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("arrcoc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for required in ("arrcoc/model.py", "arrcoc/scorers/base.py", "arrcoc/data/prompt.py",
-                     "arrcoc/callbacks/__init__.py", "arrcoc/presets/arrcoc-tiny-vit.json",
-                     "arrcoc/presets/arrcoc-tiny-vit-shapes.pt", "arrcoc/phases/base.py", "arrcoc/train/cli.py",
-                     "arrcoc/metrics/vqa.py", "arrcoc/presets/arrcoc-tiny-lm-text/model.safetensors",
+    # every source module, wherever it lives in the checkout (data/ and callbacks/ install under arrcoc/)
+    sources = [f"arrcoc/{f.relative_to(root / 'arrcoc').as_posix()}" for f in (root / "arrcoc").rglob("*.py")]
+    sources += [f"arrcoc/{d}/{f.relative_to(root / d).as_posix()}" for d in ("data", "callbacks")
+                for f in (root / d).rglob("*.py")]
+    assert "arrcoc/processing/text.py" in sources and "arrcoc/data/stream.py" in sources
+    for required in (*sources, "arrcoc/presets/arrcoc-tiny-vit.json", "arrcoc/presets/arrcoc-tiny-vit-shapes.pt",
+                     "arrcoc/presets/arrcoc-tiny-lm-text/model.safetensors",
                      "arrcoc/presets/arrcoc-tiny-lm-text/config.json"):
         assert required in names, required
     import arrcoc

@@ -28,6 +28,7 @@ def test_pretraining_learns_colours_and_loads_through_open_clip(tmp_path):
     assert torch.equal(enc.visual.conv1.weight, saved["visual.conv1.weight"])
 
 
+@pytest.mark.slow  # fits a linear probe on the shipped encoder
 def test_shipped_weights_load_by_tag_and_see_shapes():
     """The shipped encoder's features must linearly encode colour and shape on fresh scenes: a probe
     fitted on 48 scenes is scored on 32 others (chance: 1/7 colours, 1/5 shapes)."""

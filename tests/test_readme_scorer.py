@@ -5,6 +5,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -27,6 +28,7 @@ def test_example_is_short():
     assert len(code.strip().splitlines()) < 30
 
 
+@pytest.mark.slow  # a short training run
 def test_readme_scorer_trains_from_yaml(tmp_path, monkeypatch):
     code, config = _readme_blocks()
     (tmp_path / "my_scorers.py").write_text(code)
