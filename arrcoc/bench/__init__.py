@@ -1,0 +1,1 @@
+"""Benchmarks: `arrcoc bench tokens` (accuracy per visual token against equal-token baselines)."""
