@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ARRCOCModel": "arrcoc.model", "ARRCOCOutput": "arrcoc.model", "BatchAllocation": "arrcoc.model",
+    "Relevance": "arrcoc.model",
     "AllocationRecord": "arrcoc.model", "DroppedTokenSummary": "arrcoc.summary",
     "EncoderOutput": "arrcoc.encoder", "VisionEncoder": "arrcoc.encoder", "LanguageModel": "arrcoc.language_model",
     "MLPProjector": "arrcoc.projector", "OpponentBalancer": "arrcoc.balancer", "Selection": "arrcoc.allocator",

@@ -126,6 +126,15 @@ class TokenAllocator(nn.Module):
         with torch.no_grad():
             self.head[-1].bias.fill_(float(torch.logit(torch.tensor(frac))))
 
+    def budget_logits(self, relevance: Tensor, context: Tensor) -> Tensor:
+        """The budget head's logits [B]: ``k_soft = min + sigmoid(logit) * (max - min)``. Shifting every
+        logit by one constant moves the mean budget while keeping each sample's rank (how the token
+        benchmark evaluates the head at other mean budgets)."""
+        feats = torch.cat([context.float(), sorted_profile(relevance.float(), self.profile_points)], dim=-1)
+        # No autocast here: in bf16 a budget near 300 could only move in steps of 2 tokens.
+        with torch.autocast(relevance.device.type, enabled=False):
+            return self.head(feats.to(self.head[1].weight.dtype)).float().squeeze(-1)  # [B]
+
     def forward(self, relevance: Tensor, context: Tensor, budget: int | Tensor | None = None,
                 rank_scores: Tensor | None = None) -> Selection:
         """relevance [B, N] (standardised), context [B, C] -> :class:`Selection`.
@@ -138,11 +147,7 @@ class TokenAllocator(nn.Module):
         lo, hi = self.min_tokens, self.max_tokens
         relevance = relevance.float()
         if budget is None:
-            feats = torch.cat([context.float(), sorted_profile(relevance, self.profile_points)], dim=-1)
-            # No autocast here: in bf16 a budget near 300 could only move in steps of 2 tokens.
-            with torch.autocast(relevance.device.type, enabled=False):
-                logit = self.head(feats.to(self.head[1].weight.dtype)).float().squeeze(-1)  # [B]
-            frac = torch.sigmoid(logit)  # [B]
+            frac = torch.sigmoid(self.budget_logits(relevance, context))  # [B]
             k_soft = lo + frac * (hi - lo)  # [B]
             k = k_soft.detach().round().long().clamp(lo, hi)  # [B]
         else:

@@ -80,6 +80,16 @@ class BatchAllocation:
 
 
 @dataclass
+class Relevance:
+    """What the scorers and the balancer make of one batch (before any budget is chosen)."""
+
+    maps: Tensor  # [B, S, N] each scorer's standardised map
+    weights: Tensor  # [B, S] the balancer's per-sample weights
+    relevance: Tensor  # [B, N] the balanced map the allocator ranks by
+    context: Tensor  # [B, E + D] question gist + image gist (what the balancer and the budget head read)
+
+
+@dataclass
 class ARRCOCOutput:
     loss: Tensor | None  # [] lm_loss + budget_loss_weight * budget_loss (None without labels)
     lm_loss: Tensor | None  # [] mean cross-entropy over answer tokens
@@ -210,7 +220,7 @@ class ARRCOCModel(nn.Module):
         budget: int | Tensor | None = None,
         full_tokens: bool | None = None,
         return_logits: bool = True,
-        selection: str = "learned",
+        selection: str | Tensor = "learned",
     ) -> ARRCOCOutput:
         """Run the whole model on a batch.
 
@@ -224,7 +234,8 @@ class ARRCOCModel(nn.Module):
             full_tokens: override the module's ``full_tokens`` for this call.
             return_logits: also return [B, L, V] logits (memory-heavy for big vocabularies).
             selection: ``learned`` (the relevance map), or a baseline at the same budgets:
-                ``random`` (seeded, deterministic) or ``grid`` (evenly spaced in raster order).
+                ``random`` (seeded, deterministic) or ``grid`` (evenly spaced in raster order), or
+                rank scores [B, N] of your own (the top ``budget`` of each row are kept).
         """
         full = self.full_tokens if full_tokens is None else full_tokens
         patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
@@ -268,7 +279,7 @@ class ARRCOCModel(nn.Module):
         budget: int | Tensor | None = None,
         full_tokens: bool | None = None,
         max_new_tokens: int = 8,
-        selection: str = "learned",
+        selection: str | Tensor = "learned",
     ) -> GenerationOutput:
         """Greedy decoding with the allocated visual tokens (hard, deterministic selection).
 
@@ -283,11 +294,22 @@ class ARRCOCModel(nn.Module):
         patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
         visual, visual_mask, _, allocation = self._see(pixel_values, patches, cls, question_ids, question_mask,
                                                        budget, full, selection)
+        tokens, texts = self.answer(input_ids, attention_mask, visual, visual_mask, max_new_tokens)
+        return GenerationOutput(tokens=tokens, texts=texts, allocation=allocation)
+
+    @torch.no_grad()
+    def answer(self, input_ids: Tensor, attention_mask: Tensor, visual: Tensor, visual_mask: Tensor,
+               max_new_tokens: int = 8) -> tuple[Tensor, list[str]]:
+        """Greedy answers from prompts [B, T] (the answer already masked out of ``attention_mask``) and
+        projected visual tokens ``visual`` [B, K, E] with ``visual_mask`` [B, K] -> (ids [B, T_new], texts).
+
+        What :meth:`generate` does after choosing the tokens; call it directly with visual tokens made
+        another way (an equal-token baseline that pools instead of selecting)."""
         packed = pack_multimodal(self.llm.embed(input_ids), input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, padding_side="left")
         tokens = self.llm.greedy(packed.embeds, packed.attention_mask, packed.position_ids, max_new_tokens)
         texts = self.llm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return GenerationOutput(tokens=tokens, texts=[t.strip() for t in texts], allocation=allocation)
+        return tokens, [t.strip() for t in texts]
 
     # ------------------------------------------------------------------ stages
     def _see(self, pixels, patches, cls, question_ids, question_mask, budget, full: bool, selection: str = "learned"):
@@ -319,7 +341,11 @@ class ARRCOCModel(nn.Module):
         out = self.encoder(pixels)
         return out.flat(), out.cls  # [B, N, D], [B, D] | None
 
-    def _allocate(self, patches, cls, pixels, question_ids, question_mask, budget, selection="learned"):
+    def relevance(self, patches: Tensor, cls: Tensor | None = None, pixels: Tensor | None = None,
+                  question_ids: Tensor | None = None, question_mask: Tensor | None = None) -> Relevance:
+        """Encoder features [B, N, D] (+ class token [B, D], pixels) and the question [B, Tq] -> every
+        scorer's map, the balancer's weights and the balanced map. ``question_ids=None`` withholds the
+        question (the question-blind ablation)."""
         b = patches.shape[0]
         if question_ids is None:
             question_ids = torch.zeros(b, 0, dtype=torch.long, device=patches.device)
@@ -334,10 +360,20 @@ class ARRCOCModel(nn.Module):
         maps = torch.stack([scorer(inputs) for scorer in self.scorers], dim=1)  # [B, S, N]
         context = torch.cat([masked_mean(question, qmask), patches.float().mean(1)], dim=-1)  # [B, E + D]
         relevance, weights = self.balancer(maps, context)  # [B, N], [B, S]
-        scores = None if selection == "learned" else baseline_scores(selection, relevance.shape, budget,
-                                                                    relevance.device)
-        sel = self.allocator(relevance, context, budget=budget, rank_scores=scores)
-        return maps, weights, relevance, sel
+        return Relevance(maps=maps, weights=weights, relevance=relevance, context=context)
+
+    def _allocate(self, patches, cls, pixels, question_ids, question_mask, budget, selection="learned"):
+        rel = self.relevance(patches, cls, pixels, question_ids, question_mask)
+        if isinstance(selection, Tensor):
+            if selection.shape != rel.relevance.shape:
+                raise ValueError(f"selection scores have shape {tuple(selection.shape)}; expected "
+                                 f"{tuple(rel.relevance.shape)} ([B, N], one score per patch)")
+            scores = selection.to(rel.relevance.device)
+        else:
+            scores = None if selection == "learned" else baseline_scores(selection, rel.relevance.shape, budget,
+                                                                         rel.relevance.device)
+        sel = self.allocator(rel.relevance, rel.context, budget=budget, rank_scores=scores)
+        return rel.maps, rel.weights, rel.relevance, sel
 
     def _keep_all(self, b: int, n: int, device) -> Selection:
         keep = torch.ones(b, n, dtype=torch.bool, device=device)

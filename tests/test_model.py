@@ -254,3 +254,48 @@ def test_equal_token_baselines(shared_tiny_model):
     assert kept[0] == 0 and kept[-1] == 575 and (kept.diff() >= 8).all()  # evenly spread over the raster
     with pytest.raises(ValueError, match="selection='best'"):
         model(**batch, selection="best")
+
+
+def test_rank_scores_of_your_own_choose_the_kept_tokens(shared_tiny_model):
+    model = shared_tiny_model
+    batch = make_batch(model, n=2)
+    scores = torch.zeros(2, 576)
+    scores[0, :70] = 1.0  # sample 0: the first 70 patches in raster order
+    scores[1, -70:] = 1.0  # sample 1: the last 70
+    with torch.no_grad():
+        alloc = model(**batch, budget=70, selection=scores).allocation
+    assert alloc.keep_mask[0, :70].all() and alloc.keep_mask[1, -70:].all() and alloc.budget.tolist() == [70, 70]
+    with pytest.raises(ValueError, match=r"selection scores have shape \(2, 10\)"):
+        model(**batch, budget=70, selection=torch.zeros(2, 10))
+
+
+def test_relevance_without_the_question_and_the_budget_logits(shared_tiny_model):
+    model = shared_tiny_model
+    batch = make_batch(model, n=3)
+    with torch.no_grad():
+        seen = model.encoder(batch["pixel_values"])
+        patches, cls = seen.flat(), seen.cls
+        own = model.relevance(patches, cls, batch["pixel_values"], batch["question_ids"], batch["question_mask"])
+        blind = model.relevance(patches, cls, batch["pixel_values"])
+        out = model(**batch)
+        logits = model.allocator.budget_logits(own.relevance, own.context)
+    assert own.maps.shape == (3, 3, 576) and own.weights.shape == (3, 3) and own.relevance.shape == (3, 576)
+    assert torch.equal(own.relevance, out.allocation.relevance)  # what forward ranks by
+    assert not torch.allclose(own.context, blind.context)  # the question gist is gone
+    lo, hi = model.allocator.min_tokens, model.allocator.max_tokens
+    expected = (lo + torch.sigmoid(logits) * (hi - lo)).round().long()
+    assert torch.equal(expected, out.allocation.budget)
+
+
+def test_answer_from_visual_tokens_is_what_generate_does(shared_tiny_model):
+    model = shared_tiny_model
+    batch = make_batch(model, n=3)
+    with torch.no_grad():
+        gen = model.generate(**batch, budget=64)
+        seen = model.encoder(batch["pixel_values"])
+        visual, visual_mask, _, _ = model._see(batch["pixel_values"], seen.flat(), seen.cls, batch["question_ids"],
+                                               batch["question_mask"], 64, False)
+        before_answer = (batch["labels"] != IGNORE_INDEX).long().cumsum(-1) == 0
+        tokens, texts = model.answer(batch["input_ids"], batch["attention_mask"] * before_answer.long(), visual,
+                                     visual_mask)
+    assert torch.equal(tokens, gen.tokens) and texts == gen.texts
