@@ -38,8 +38,8 @@ def collate_vqa(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[st
             batch[key] = torch.stack([s[key] for s in samples])
     if "valid" in samples[0]:
         batch["valid"] = torch.tensor([bool(s["valid"]) for s in samples])  # [B]; False on placeholders
-    for key in ("question", "answers", "question_id", "question_type"):
-        if key in samples[0]:
+    for key in ("question", "answers", "question_id", "question_type", "objects"):  # objects: per sample
+        if key in samples[0]:  # a list of {"box": [x0, y0, x1, y1] in the encoder's crop, "named": bool}
             batch[key] = [s[key] for s in samples]
     return batch
 

@@ -29,11 +29,13 @@ class ConvertReport:
 
 @dataclass
 class Item:
-    """One sample to write: its json and where its image is."""
+    """One sample to write: its json and where its image is; ``objects`` with boxes in the image's
+    pixels, normalised into ``meta`` once the image's size is known (see :func:`pixel_objects`)."""
 
     key: str
     meta: dict[str, Any]
     image: Path
+    objects: list[dict[str, Any]] | None = None
 
 
 def prepare_out_dir(out: Path, prefix: str, overwrite: bool) -> None:
@@ -47,9 +49,10 @@ def prepare_out_dir(out: Path, prefix: str, overwrite: bool) -> None:
         path.unlink()
 
 
-def write_items(items: Iterable[Item | tuple[str, str]], out: Path, prefix: str, samples_per_shard: int,
+def write_items(items: Iterable[Item | tuple[str, ...]], out: Path, prefix: str, samples_per_shard: int,
                 total: int | None = None, progress: bool = True) -> ConvertReport:
-    """Write items (or ``(key, reason)`` skips found while listing them) as shards; count what is skipped."""
+    """Write items (or ``(key, reason[, detail])`` skips found while listing them) as shards; count what
+    is skipped."""
     from tqdm import tqdm
 
     report = ConvertReport()
@@ -72,7 +75,14 @@ def write_items(items: Iterable[Item | tuple[str, str]], out: Path, prefix: str,
             except BadSample as err:
                 _skip(report, item.key, err.reason, f"{item.image}: {err}")
                 continue
-            writer.write(item.key, item.meta, image=data, image_ext=ext)
+            meta = item.meta
+            if item.objects is not None:
+                try:
+                    meta = validate_meta({**meta, "objects": pixel_objects(item.objects, _image_size(data))})
+                except BadSample as err:
+                    _skip(report, item.key, err.reason, f"{item.image}: {str(err).removeprefix(err.reason + ': ')}")
+                    continue
+            writer.write(item.key, meta, image=data, image_ext=ext)
             report.written += 1
     report.manifest = writer.manifest
     return report
@@ -87,6 +97,48 @@ def _check_image(data: bytes) -> None:
         Image.open(io.BytesIO(data)).verify()
     except Exception as err:  # noqa: BLE001
         raise BadSample("bad_image", str(err)) from err
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    """(W, H) of the image as readers decode it: with its EXIF orientation applied."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: readers keep the stored orientation too
+        orientation = 1
+    return img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+
+
+def pixel_objects(objects: Any, image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """``[{"box": [x0, y0, x1, y1] in pixels, "named": bool}, ...]`` -> boxes normalised by
+    ``image_size`` (W, H), the shard format's ``objects``. Without ``image_size`` only the form is
+    checked (and the objects come back as given). Raises ``BadSample("bad_objects", ...)``."""
+    if not isinstance(objects, list):
+        raise BadSample("bad_objects", f"'objects' must be a list, got {type(objects).__name__}")
+    out = []
+    for i, obj in enumerate(objects):
+        box = obj.get("box") if isinstance(obj, dict) else None
+        if not isinstance(box, list) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            raise BadSample("bad_objects", f"objects[{i}] must be {{'box': [x0, y0, x1, y1], 'named': bool}} "
+                            f"with 4 numbers in box, got {obj!r}")
+        if not isinstance(obj.get("named"), bool):
+            raise BadSample("bad_objects", f"objects[{i}].named must be true or false, got {obj.get('named')!r}")
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise BadSample("bad_objects", f"objects[{i}].box={box!r} must have 0 <= x0 < x1 and 0 <= y0 < y1 (pixels)")
+        if image_size is None:
+            out.append(obj)
+            continue
+        w, h = image_size
+        if x1 > w or y1 > h:
+            raise BadSample("bad_objects", f"objects[{i}].box={box!r} reaches outside the {w}x{h} image (pixels)")
+        out.append({"box": [x0 / w, y0 / h, x1 / w, y1 / h], "named": obj["named"]})
+    return out
 
 
 def _skip(report: ConvertReport, key: str, reason: str, detail: str = "") -> None:
@@ -147,7 +199,9 @@ def _index_images(root: Path) -> dict[int, Path]:
 # --------------------------------------------------------------------------------------------- JSONL
 def jsonl_items(manifest: Path, images_root: Path) -> tuple[Iterator, int | None]:
     """Items from a JSON Lines file: ``image`` (relative to ``images_root``), ``question``,
-    ``answers`` (list) or ``answer`` (str), optional ``question_id`` (defaults to the line number)."""
+    ``answers`` (list) or ``answer`` (str), optional ``question_id`` (defaults to the line number),
+    optional ``objects`` (``[{"box": [x0, y0, x1, y1], "named": bool}, ...]``, boxes in the image's
+    pixels; normalised by the image's size when written)."""
     lines = Path(manifest).read_text().splitlines()
 
     def gen() -> Iterator[Item | tuple[str, str]]:
@@ -168,10 +222,11 @@ def jsonl_items(manifest: Path, images_root: Path) -> tuple[Iterator, int | None
             meta["question_id"] = rec.get("question_id", n)
             try:
                 meta = validate_meta(meta)
+                objects = None if rec.get("objects") is None else pixel_objects(rec["objects"])
             except BadSample as err:
-                yield key, err.reason
+                yield key, err.reason, f"(line {n}) {str(err).removeprefix(err.reason + ': ')}"
                 continue
-            yield Item(key, meta, Path(images_root) / rec["image"])
+            yield Item(key, meta, Path(images_root) / rec["image"], objects)
 
     return gen(), sum(1 for line in lines if line.strip())
 

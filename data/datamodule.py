@@ -161,12 +161,18 @@ class VQADataModule(L.LightningDataModule):
         if per_rank < 1:
             raise ValueError(f"samples_per_epoch={total} gives no full batch of {self.batch_size} per rank "
                              f"on {self.world_size} rank(s)")
-        pre = VQAPreprocessor(self.transform, self.prompt, train=True, image_size=self.image_size)
+        from arrcoc.processing import crop_geometry  # samples' object boxes follow the transform
+
+        pre = VQAPreprocessor(self.transform, self.prompt, train=True, image_size=self.image_size,
+                              crop=crop_geometry(self.hparams.encoder, self.hparams.encoder_pretrained))
         return TrainStream(sources, pre, self._collate, self.batch_size, per_rank, self.rank, self.world_size,
                            self.hparams.shuffle_buffer, self.hparams.seed)
 
     def eval_stream(self, split: str) -> EvalStream:
-        pre = VQAPreprocessor(self.transform, self.prompt, train=False, image_size=self.image_size)
+        from arrcoc.processing import crop_geometry  # samples' object boxes follow the transform
+
+        pre = VQAPreprocessor(self.transform, self.prompt, train=False, image_size=self.image_size,
+                              crop=crop_geometry(self.hparams.encoder, self.hparams.encoder_pretrained))
         sources = [count_samples(s) for s in self._need(split)]
         pre.calibrate(first_sample(sources))
         return EvalStream(sources, pre, pre.placeholder, self._collate, self.eval_batch_size,

@@ -23,12 +23,18 @@ class VQAPreprocessor:
         prompt: builds token ids and labels from question and answer.
         train: a sample without answers is skipped in training.
         image_size: (H, W) of the transform's output, for placeholders.
+        crop: where the transform puts an image: ``crop(boxes, (W, H)) -> boxes``, mapping boxes
+            normalised to an original image of that size into boxes normalised to the transform's
+            output (``arrcoc.processing.crop_geometry(encoder, pretrained)``). With it every sample
+            carries ``objects`` (``[{"box", "named"}, ...]`` in the output's frame; ``[]`` for
+            samples without objects and for placeholders); without it, no sample carries objects.
     """
 
     def __init__(self, transform: Callable, prompt: VQAPromptBuilder, train: bool,
-                 image_size: tuple[int, int]) -> None:
+                 image_size: tuple[int, int], crop: Callable[[Any, tuple[int, int]], list] | None = None) -> None:
         self.transform, self.prompt, self.train = transform, prompt, train
         self.image_size = image_size
+        self.crop = crop
         self._feature_shape: tuple[int, ...] | None = None
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -47,9 +53,24 @@ class VQAPreprocessor:
                 out["pixel_values"] = self.transform(sample["image"])  # [3, S, S]
             except Exception as err:  # noqa: BLE001 - a decodable but unusable image
                 raise BadSample("bad_image", f"transform failed: {err}") from err
+        if self.crop is not None:
+            out["objects"] = self._objects(sample)
         out.update(question=sample["question"], answers=answers, question_id=sample["question_id"],
                    question_type=str(sample.get("question_type") or ""), valid=True)
         return out
+
+    def _objects(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
+        """The sample's objects with their boxes in the transform's output frame."""
+        objects = sample.get("objects") or []
+        if not objects:
+            return []
+        boxes = [o["box"] for o in objects]
+        if "image" in sample:
+            boxes = self.crop(boxes, sample["image"].size)  # PIL size: (W, H), EXIF orientation applied
+        # else: a feature sample (.npy) has no image, so no size to map from: its boxes pass through
+        # unchanged, as written (in the frame the features were computed from, if the writer mapped them)
+        return [{"box": [float(v) for v in b], "named": bool(o["named"])}
+                for b, o in zip(boxes, objects, strict=True)]
 
     def calibrate(self, sample: dict[str, Any] | None) -> None:
         """Make placeholders look like the source's samples (image or cached features) up front."""
@@ -63,5 +84,7 @@ class VQAPreprocessor:
             out["patch_features"] = torch.zeros(self._feature_shape)
         else:
             out["pixel_values"] = torch.zeros(3, *self.image_size)
+        if self.crop is not None:
+            out["objects"] = []
         out.update(question="", answers=[], question_id=-1, question_type="", valid=False)
         return out

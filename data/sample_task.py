@@ -5,7 +5,8 @@ fast on a CPU, and written through the same :class:`~arrcoc.data.shards.ShardWri
 converters. Answering needs a small, question-dependent part of the image: the colour of one named
 shape, whether a combination exists, how many objects of a colour there are (several regions: needs
 more tokens), or where one object is relative to another. Closed answer vocabulary; ten identical
-annotator answers per question, so the VQA soft accuracy applies.
+annotator answers per question, so the VQA soft accuracy applies. Each sample's json says where its
+objects are and which ones the question names (``objects``), for measuring what a selection keeps.
 """
 
 from __future__ import annotations
@@ -120,8 +121,12 @@ def _draw(draw: ImageDraw.ImageDraw, o: Obj, fill) -> None:
         draw.rectangle([o.x - w, o.y - o.r, o.x + w, o.y + o.r], fill=fill)
 
 
-def ask(objs: list[Obj], rng: random.Random, kind: str, size: int = 128) -> tuple[str, str, str]:
-    """(question, answer, answer_type) of one kind about the scene, answered from the scene itself.
+def ask(objs: list[Obj], rng: random.Random, kind: str,
+        size: int = 128) -> tuple[str, str, str, list[Obj]]:
+    """(question, answer, answer_type, named) of one kind about the scene, answered from the scene
+    itself; ``named``: the scene's objects the question is about (the one asked about; the one whose
+    existence is asked, none when the answer is no; every object of the counted colour; both related
+    objects).
 
     Every question has exactly one right answer: named objects are unique, and relations are only
     asked between objects that are clearly apart on the asked axis (else another kind is asked)."""
@@ -130,25 +135,25 @@ def ask(objs: list[Obj], rng: random.Random, kind: str, size: int = 128) -> tupl
         unique = [o for o in objs if len(by_shape[o.shape]) == 1]
         if unique:
             o = rng.choice(unique)
-            return f"What color is the {o.shape}?", o.color, "other"
+            return f"What color is the {o.shape}?", o.color, "other", [o]
         # every shape repeats: ask for the shape of the only object of its colour
         lone = [o for o in objs if sum(p.color == o.color for p in objs) == 1]
         if lone:
             o = rng.choice(lone)
-            return f"What shape is the {o.color} object?", o.shape, "other"
+            return f"What shape is the {o.color} object?", o.shape, "other", [o]
         kind = "existence"
     if kind == "existence":
         if rng.random() < 0.5:
             o = rng.choice(objs)
-            return f"Is there a {o.color} {o.shape}?", "yes", "yes/no"
+            return f"Is there a {o.color} {o.shape}?", "yes", "yes/no", [o]
         present = {(o.color, o.shape) for o in objs}
         absent = [(c, s) for c in sorted(COLORS) for s in SHAPES if (c, s) not in present]
         c, s = rng.choice(absent)
-        return f"Is there a {c} {s}?", "no", "yes/no"
+        return f"Is there a {c} {s}?", "no", "yes/no", []
     if kind == "count":
         color = rng.choice([o.color for o in objs] + [rng.choice(sorted(COLORS))])
-        n = sum(o.color == color for o in objs)
-        return f"How many {color} objects are there?", str(n), "number"
+        counted = [o for o in objs if o.color == color]
+        return f"How many {color} objects are there?", str(len(counted)), "number", counted
     if kind == "spatial":
         axis = "x" if rng.random() < 0.5 else "y"
         pairs = [(a, b) for a in objs for b in objs
@@ -156,8 +161,8 @@ def ask(objs: list[Obj], rng: random.Random, kind: str, size: int = 128) -> tupl
         if pairs:
             a, b = rng.choice(pairs)
             if axis == "x":
-                return f"Is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "yes/no"
-            return f"Is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "yes/no"
+                return f"Is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "yes/no", [a, b]
+            return f"Is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "yes/no", [a, b]
     return ask(objs, rng, "existence", size)
 
 
@@ -168,8 +173,9 @@ class SampleTaskConfig:
     train: int = 20000
     val: int = 1000
     seed: int = 0
-    #: of the generator, not settable: bumped when questions change, so caches are remade
-    version: int = field(default=2, init=False)
+    #: of the generator, not settable: bumped when samples change (questions; 3: the json's ``objects``),
+    #: so caches are remade
+    version: int = field(default=3, init=False)
     #: the scene geometry (objects per scene, half-size range), not settable: part of the cache stamp
     scene: tuple = field(default=(NUM_OBJECTS, RADIUS), init=False)
     image_size: int = 128
@@ -192,20 +198,30 @@ def list_objects(objs: list[Obj]) -> str:
     return ", ".join(o.name for o in sorted(objs, key=lambda o: (o.x, o.y)))
 
 
+def object_box(o: Obj, size: int) -> list[float]:
+    """Where ``o`` is drawn, ``[x0, y0, x1, y1]`` normalised to the image (x right, y down), clipped to
+    [0, 1]: its centre ± its half size, in continuous coordinates where pixel ``k`` spans ``[k, k + 1]``
+    (the object covers pixels ``x - r .. x + r``, so the box is ``[x - r, x + r + 1] / size``)."""
+    box = [(o.x - o.r) / size, (o.y - o.r) / size, (o.x + o.r + 1) / size, (o.y + o.r + 1) / size]
+    return [min(max(v, 0.0), 1.0) for v in box]
+
+
 def make_sample(split: str, index: int, seed: int, size: int,
                 list_share: float = 0.0) -> tuple[dict[str, Any], Image.Image]:
-    """Sample ``index`` of ``split``: json metadata (with the scene) and the image. A ``list_share``
-    of training samples (none elsewhere) asks to list every object."""
+    """Sample ``index`` of ``split``: json metadata (with the scene, and ``objects``: each scene
+    object's box and whether the question names it) and the image. A ``list_share`` of training
+    samples (none elsewhere) asks to list every object (and so names them all)."""
     rng = random.Random(f"arrcoc-sample/{seed}/{split}/{index}")
     objs = make_scene(rng, size)
     kind = KINDS[index % len(KINDS)] if split != "train" else rng.choice(KINDS)
     if split == "train" and rng.random() < list_share:
-        kind, (question, answer, answer_type) = "objects", (LIST_QUESTION, list_objects(objs), "other")
+        kind, question, answer, answer_type, named = "objects", LIST_QUESTION, list_objects(objs), "other", objs
     else:
-        question, answer, answer_type = ask(objs, rng, kind, size)
+        question, answer, answer_type, named = ask(objs, rng, kind, size)
     qid = (0 if split == "train" else 1) * 10**9 + index
     meta = {"question": question, "answers": [answer] * 10, "question_id": qid, "image_id": qid,
-            "answer_type": answer_type, "question_type": kind, "scene": [asdict(o) for o in objs]}
+            "answer_type": answer_type, "question_type": kind, "scene": [asdict(o) for o in objs],
+            "objects": [{"box": object_box(o, size), "named": any(o is n for n in named)} for o in objs]}
     image_seed = rng.randrange(2**32)
     return meta, render(objs, size, image_seed)
 

@@ -2,9 +2,11 @@
 
 One sample is ``{key}.jpg|jpeg|png|webp`` (the image) or ``{key}.npy`` (a precomputed feature
 tensor, loaded without pickle) plus ``{key}.json`` with ``question`` (str), ``answers`` (list of
-str), ``question_id`` and optionally ``image_id`` and ``answer_type``. Shards are
-``{prefix}-{000000..N}.tar``; each dataset directory has ``manifest.json`` with the sample count of
-every shard. See ``data/README.md``.
+str), ``question_id`` and optionally ``image_id``, ``answer_type``, ``question_type`` and
+``objects``: ``[{"box": [x0, y0, x1, y1], "named": bool}, ...]``, where the scene's objects are, each
+box normalised to the original image's width and height (x to the right, y down), ``named`` whether
+the question is about it. Shards are ``{prefix}-{000000..N}.tar``; each dataset directory has
+``manifest.json`` with the sample count of every shard. See ``data/README.md``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,24 @@ def validate_meta(meta: Any) -> dict[str, Any]:
     for opt in ("image_id", "answer_type", "question_type"):
         if meta.get(opt) is not None:
             out[opt] = meta[opt]
+    objects = meta.get("objects")
+    if objects is not None:  # [{"box": [x0, y0, x1, y1] normalised to the image, "named": bool}, ...]
+        if not isinstance(objects, list):
+            raise BadSample("bad_objects", f"'objects' must be a list, got {type(objects).__name__}")
+        out["objects"] = []
+        for i, obj in enumerate(objects):
+            box = obj.get("box") if isinstance(obj, dict) else None
+            if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+                raise BadSample("bad_objects", f"objects[{i}] must be {{'box': [x0, y0, x1, y1], 'named': bool}} "
+                                f"with 4 numbers in box, got {obj!r}")
+            x0, y0, x1, y1 = (float(v) for v in box)
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise BadSample("bad_objects", f"objects[{i}].box={box!r} must have 0 <= x0 < x1 <= 1 and "
+                                "0 <= y0 < y1 <= 1 (normalised to the image)")
+            if not isinstance(obj.get("named"), bool):
+                raise BadSample("bad_objects", f"objects[{i}].named must be true or false, got {obj.get('named')!r}")
+            out["objects"].append({"box": [x0, y0, x1, y1], "named": obj["named"]})
     return out
 
 

@@ -32,6 +32,45 @@ def make_vqav2(root, n_images=3, annotate=True):
     return root
 
 
+def test_jsonl_objects_in_pixels_are_normalised(tmp_path, capsys, caplog):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (200, 100)).save(tmp_path / "img" / "wide.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 x 20, shown (and decoded) rotated: 20 x 40
+    Image.new("RGB", (40, 20)).save(tmp_path / "img" / "turned.jpg", exif=exif)
+    box = {"box": [20, 10, 120, 60], "named": True}
+    lines = [
+        {"image": "wide.png", "question": "q1", "answer": "a", "objects": [box, {"box": [0, 0, 200, 100],
+                                                                                  "named": False}]},
+        {"image": "turned.jpg", "question": "q2", "answer": "a", "objects": [{"box": [5, 30, 20, 40], "named": False}]},
+        {"image": "wide.png", "question": "q3", "answer": "a"},  # no objects: none written
+        {"image": "wide.png", "question": "q4", "answer": "a", "objects": {"box": [0, 0, 1, 1]}},  # not a list
+        {"image": "wide.png", "question": "q6", "answer": "a", "objects": [{"box": [50, 0, 40, 10], "named": True}]},
+        {"image": "wide.png", "question": "q7", "answer": "a", "objects": [{"box": [0, 0, 10, 10], "named": "yes"}]},
+        {"image": "wide.png", "question": "q8", "answer": "a", "objects": [box, {"box": [150, 0, 201, 10],
+                                                                                  "named": False}]},  # outside
+        {"image": "turned.jpg", "question": "q9", "answer": "a", "objects": [{"box": [0, 0, 30, 10], "named": True}]},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "shards"
+    assert data_main(["convert", "jsonl", "--manifest", str(tmp_path / "m.jsonl"), "--images-root",
+                      str(tmp_path / "img"), "--out", str(out)]) == 0
+    samples = _all(out)
+    assert [s["question"] for s in samples] == ["q1", "q2", "q3"]
+    assert samples[0]["objects"] == [{"box": [0.1, 0.1, 0.6, 0.6], "named": True},
+                                     {"box": [0.0, 0.0, 1.0, 1.0], "named": False}]
+    assert samples[1]["image"].size == (20, 40) and samples[1]["objects"] == [{"box": [0.25, 0.75, 1.0, 1.0],
+                                                                               "named": False}]
+    assert "objects" not in samples[2]
+    assert "skipped 5 (5 bad_objects)" in capsys.readouterr().out
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    for n in (4, 5, 6, 7, 8):
+        assert f"l{n:09d}: bad_objects" in warned
+    assert "(line 5) objects[0].box=[50, 0, 40, 10] must have 0 <= x0 < x1" in warned
+    assert "(line 4) 'objects' must be a list" in warned and "outside the 200x100 image" in warned
+    assert "outside the 20x40 image" in warned  # the decoded (EXIF-rotated) size
+
+
 def test_vqav2_round_trip(tmp_path, capsys):
     root = make_vqav2(tmp_path / "vqa")
     out = tmp_path / "shards"

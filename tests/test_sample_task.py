@@ -5,7 +5,7 @@ import random
 import numpy as np
 
 from arrcoc.data.cli import main as data_main
-from arrcoc.data.sample_task import ANSWERS, COLORS, KINDS, make_sample
+from arrcoc.data.sample_task import ANSWERS, COLORS, KINDS, Obj, SampleTaskConfig, label_map, make_sample
 from arrcoc.data.shards import decode, iter_tar
 
 
@@ -46,6 +46,56 @@ def test_answers_follow_from_the_scene():
         kinds.add(meta["question_type"])
         assert img.size == (128, 128)
     assert kinds == {*KINDS, "objects"}
+
+
+def _named(question: str, scene: list[dict]) -> list[int]:
+    """Which scene objects the question is about, from its words alone."""
+    words = question.rstrip("?").split()
+    if question.startswith("What color is the "):
+        return [i for i, o in enumerate(scene) if o["shape"] == words[-1]]
+    if question.startswith("What shape is the "):
+        return [i for i, o in enumerate(scene) if o["color"] == words[4]]
+    if question.startswith("Is there a "):
+        return [i for i, o in enumerate(scene) if (o["color"], o["shape"]) == (words[3], words[4])]
+    if question.startswith("How many "):
+        return [i for i, o in enumerate(scene) if o["color"] == words[2]]
+    if question == "What objects are in the image?":
+        return list(range(len(scene)))
+    related = ((words[2], words[3]), (words[-2], words[-1]))  # "Is the {c} {s} left of|above the {c} {s}?"
+    return [i for i, o in enumerate(scene) if (o["color"], o["shape"]) in related]
+
+
+def test_objects_say_where_and_which_the_question_names():
+    by_kind = {}
+    for i in range(400):
+        split = "train" if i % 2 else "val"
+        meta, _ = make_sample(split, i, seed=5, size=128, list_share=0.25)
+        scene, objects = meta["scene"], meta["objects"]
+        assert len(objects) == len(scene) and all(set(o) == {"box", "named"} for o in objects)
+        named = [j for j, o in enumerate(objects) if o["named"]]
+        assert named == _named(meta["question"], scene), meta
+        if meta["answers"][0] == "no" and meta["question"].startswith("Is there"):
+            assert named == []
+        form = meta["question"].split()[1] if meta["question_type"] != "objects" else "objects"
+        by_kind.setdefault(form, []).append(len(named))  # by what is asked (a kind may fall back to existence)
+        # the box is where the object is drawn: the label map's extent, to a pixel
+        mask = label_map([Obj(**o) for o in scene], 128)
+        for j, (o, obj) in enumerate(zip(scene, objects, strict=True)):
+            ys, xs = np.nonzero(mask == j + 1)
+            extent = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 128
+            assert np.abs(np.array(obj["box"]) - extent).max() <= 1 / 128 + 1e-9, (o, obj["box"], extent)
+            if o["shape"] == "square":
+                assert np.allclose(obj["box"], extent)
+            assert obj["box"] == [(o["x"] - o["r"]) / 128, (o["y"] - o["r"]) / 128,
+                                  (o["x"] + o["r"] + 1) / 128, (o["y"] + o["r"] + 1) / 128]
+    assert set(by_kind["the"]) == {2} and set(by_kind["color"]) == {1}  # "Is the ... left of ...", "What color ..."
+    assert set(by_kind["there"]) == {0, 1} and max(by_kind["many"]) >= 2 and min(by_kind["many"]) == 0
+    assert all(n >= 3 for n in by_kind["objects"])
+
+
+def test_cache_stamp_names_the_version():
+    stamp = SampleTaskConfig().stamp()
+    assert stamp["version"] == 3  # 3: samples carry ``objects``; older caches are remade
 
 
 def test_objects_are_drawn_where_the_scene_says():

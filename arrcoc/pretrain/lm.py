@@ -51,7 +51,7 @@ def text_sample(rng: random.Random, prompts: VQAPromptBuilder,
     objs = make_scene(rng, 128)
     objs = rng.sample(objs, rng.randint(1, min(max_objects, len(objs))))
     kind = rng.choice(KINDS)
-    question, answer, _ = ask(objs, rng, kind)
+    question, answer, _, _ = ask(objs, rng, kind)
     enc = prompts(question, answer)
     ids, labels = enc["input_ids"].tolist(), enc["labels"].tolist()
     at = ids.index(prompts.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))

@@ -1,0 +1,74 @@
+"""``arrcoc bench tokens``: the accuracy-per-token benchmark from a config and a checkpoint (see
+:mod:`arrcoc.bench.tokens` for the methods and :mod:`arrcoc.bench.report` for what is written)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from arrcoc.bench.budgets import ORACLE_KS
+from arrcoc.bench.report import summarize, write
+from arrcoc.bench.tokens import BenchConfig, TokenBench
+from arrcoc.console import console_logging
+
+
+def _build(configs: list[str], ckpt: Path, out: Path, overrides: list[str]):
+    """The model (weights from ``ckpt``) and the data module the configs describe, as ``arrcoc validate`` builds
+    them."""
+    from arrcoc.train.cli import build_cli
+
+    argv = [a for c in configs for a in ("--config", c)]
+    argv += ["--model.init_args.init_from", str(ckpt), "--trainer.default_root_dir", str(out / "cli"), *overrides]
+    cli = build_cli(argv, run=False)
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("validate")
+    return cli.model.model, dm
+
+
+def tokens_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="arrcoc bench tokens", description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", required=True, help="a phase config (repeat for layers)")
+    p.add_argument("--ckpt", type=Path, required=True, help="the trained checkpoint to measure (e.g. phase 3's)")
+    p.add_argument("--out", type=Path, required=True, help="where tokens.json, tokens.md and pareto.png go")
+    p.add_argument("--full-ckpt", type=Path, default=None,
+                   help="a model trained with all tokens (same architecture): the fair full-token reference")
+    p.add_argument("--oracle", action="store_true", help=f"answer every sample at k in {list(ORACLE_KS)} too")
+    p.add_argument("--oracle-tolerance", type=float, default=0.1, help="nats above the all-token loss (default 0.1)")
+    p.add_argument("--means", type=float, nargs="+", default=[64, 128, 198, 300],
+                   help="target mean budgets the head is moved to (default 64 128 198 300)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many validation samples")
+    p.epilog = "Other options are config overrides, as for arrcoc validate (e.g. --data.eval_batch_size 32)."
+    args, overrides = p.parse_known_args(argv)
+    for path, flag in ((args.ckpt, "--ckpt"), (args.full_ckpt, "--full-ckpt")):
+        if path is not None and not path.is_file():
+            p.error(f"{flag} {path} does not exist (give a checkpoint file such as runs/phase3/checkpoints/last.ckpt)")
+    console_logging()
+    t0 = time.perf_counter()
+    model, dm = _build(args.config, args.ckpt, args.out, overrides)
+    full_model = _build(args.config, args.full_ckpt, args.out, overrides)[0] if args.full_ckpt else None
+    config = BenchConfig(means=tuple(args.means), oracle=args.oracle, oracle_tolerance=args.oracle_tolerance,
+                         limit=args.limit)
+    bench = TokenBench(model, config, full_model)
+    bench.calibrate(dm.val_dataloader())
+    records = bench.run(dm.val_dataloader())
+    command = shlex.join(["arrcoc", "bench", "tokens", *argv])
+    summary = summarize(records, list(model.scorer_names), command, args.oracle_tolerance, config.notes)
+    summary["seconds"] = time.perf_counter() - t0
+    write(summary, args.out)
+    print((args.out / "tokens.md").read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: arrcoc bench tokens --config FILE --ckpt CKPT --out DIR [--oracle] [--full-ckpt CKPT]")
+        return 0 if argv else 2
+    if argv[0] != "tokens":
+        print(f"arrcoc bench: unknown benchmark {argv[0]!r}; valid: tokens", file=sys.stderr)
+        return 2
+    return tokens_main(argv[1:])
