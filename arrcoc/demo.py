@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     t_full, t_adapt = step_time(model, batch, True), step_time(model, batch, False)
     results["step_time_ms"] = {"full": 1000 * t_full, "adaptive": 1000 * t_adapt, "ratio": t_full / t_adapt}
     results["wall_s"] = time.perf_counter() - t_start
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     _print_table(results, model.encoder.num_patches)
     return 0
