@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: arrcoc <command> [options]\n\ncommands:")
-        print("  fit       train a phase: arrcoc fit --config configs/phase1.yaml")
-        print("  validate  evaluate on the validation split (also: test, predict)")
+        print("  fit               train a phase: arrcoc fit --config configs/phase1.yaml")
+        print("  validate          evaluate on the validation split (also: test, predict)")
         for name, (_, desc) in COMMANDS.items():
-            print(f"  {name:10s}{desc}")
+            print(f"  {name:18s}{desc}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name in LIGHTNING:

@@ -166,3 +166,13 @@ def test_bench_tokens_on_the_trained_chain(chain, tmp_path):
     assert data["samples"] == 12 and "adaptive" in data["methods"] and data["oracle"] is not None
     assert data["command"].startswith("arrcoc bench tokens --config configs/phase3.yaml")
     assert "| adaptive |" in out.stdout
+
+
+def test_bench_command_errors_name_the_problem(tmp_path, capsys):
+    from arrcoc.bench.cli import main
+
+    assert main(["speedy"]) == 2 and "unknown benchmark 'speedy'; valid: tokens" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tokens", "--config", "configs/phase3.yaml", "--ckpt", str(tmp_path / "none.ckpt"), "--out", "x"])
+    err = capsys.readouterr().err
+    assert "--ckpt" in err and "none.ckpt does not exist" in err
