@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 import time
@@ -20,6 +21,8 @@ def _build(configs: list[str], ckpt: Path, out: Path, overrides: list[str]):
     them."""
     from arrcoc.train.cli import build_cli
 
+    # The trainer built alongside is never run: its accelerator and tip messages would only be noise here.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     argv = [a for c in configs for a in ("--config", c)]
     argv += ["--model.init_args.init_from", str(ckpt), "--trainer.default_root_dir", str(out / "cli"), *overrides]
     cli = build_cli(argv, run=False)
