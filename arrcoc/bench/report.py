@@ -236,14 +236,17 @@ def pareto_png(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colors = iter(plt.get_cmap("tab20").colors)  # 20 distinct colours: one per method
     for name, rows in summary["methods"].items():
+        color = "black" if name == "adaptive" else next(colors)
         if name in ("full", "full_trained", "shuffled"):
-            ax.axhline(100 * rows[0]["accuracy"], linestyle="--" if name != "shuffled" else ":", linewidth=1,
-                       label=f"{name} ({rows[0]['mean_tokens']:.0f} tokens)", color="grey" if name == "full" else None)
+            ax.axhline(100 * rows[0]["accuracy"], linestyle=":" if name == "shuffled" else "--", linewidth=1,
+                       color=color, label=f"{name} ({rows[0]['mean_tokens']:.0f} tokens)")
             continue
         pts = sorted((r["mean_tokens"], 100 * r["accuracy"]) for r in rows)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.5 if name in
-                ("adaptive", "fixed") else 0.8, label=name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=color,
+                linestyle="--" if name.startswith("scorer:") else "-",
+                linewidth=2.0 if name in ("adaptive", "fixed") else 0.9, label=name)
     ax.set_xlabel("mean visual tokens per sample")
     ax.set_ylabel("VQA accuracy (%)")
     ax.set_title(f"arrcoc bench tokens ({summary['samples']} samples)")
