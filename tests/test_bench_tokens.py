@@ -72,13 +72,13 @@ def bench_run(tmp_path_factory):
     torch.manual_seed(3)
     model = ARRCOCModel().eval()
     batches = []
-    for offset in (0, 4):
-        batch = make_batch(model, n=4, offset=offset)
-        batch |= {"valid": torch.ones(4, dtype=torch.bool), "answers": [["yes"] * 10] * 4,
-                  "question_id": list(range(offset, offset + 4)), "question_type": ["count", "count", "spatial", "x"],
-                  "objects": [OBJECTS] * 4}
+    for offset in (0, 3):  # two batches: the target means are fitted over both
+        batch = make_batch(model, n=3, offset=offset)
+        batch |= {"valid": torch.ones(3, dtype=torch.bool), "answers": [["yes"] * 10] * 3,
+                  "question_id": list(range(offset, offset + 3)), "question_type": ["count", "spatial", "x"],
+                  "objects": [OBJECTS] * 3}
         batches.append(batch)
-    config = BenchConfig(means=(64, 128), oracle=True, oracle_ks=(16, 64, 576), max_new_tokens=2)
+    config = BenchConfig(means=(64, 128), oracle=True, oracle_ks=(16, 576), max_new_tokens=2)
     bench = TokenBench(model, config)
     bench.calibrate(batches)
     records = bench.run(batches)
@@ -87,7 +87,7 @@ def bench_run(tmp_path_factory):
 
 def test_every_method_answers_at_the_adaptive_methods_token_counts(bench_run):
     model, _, _, records = bench_run
-    assert len(records) == 8
+    assert len(records) == 6
     names = {key.rpartition("@")[0] for key in records[0]["methods"]}
     assert names >= {"full", "shuffled", "adaptive", "fixed", *SAME_COUNT} | {f"scorer:{n}" for n in model.scorer_names}
     for rec in records:
@@ -144,11 +144,11 @@ def test_the_report_is_well_formed(bench_run, tmp_path):
     for rows in data["methods"].values():
         for row in rows:
             assert set(row) >= {"mean_tokens", "accuracy", "stderr", "by_type"}
-    assert set(data["budget"]) >= {"p10", "p50", "p90", "spearman_oracle"} and data["samples"] == 8
+    assert set(data["budget"]) >= {"p10", "p50", "p90", "spearman_oracle"} and data["samples"] == 6
     assert set(data["question_use"]) == {"64", "128", "adaptive"}
     assert set(data["question_use"]["64"]) == {"recall_named", "recall_other", "recall_swapped"}
     assert set(data["balancer"]) == {"all", "count", "spatial", "x"}
-    assert data["oracle"]["ks"] == [16, 64, 576] and len(data["oracle"]["curve"]) == 3
+    assert data["oracle"]["ks"] == [16, 576] and len(data["oracle"]["curve"]) == 2
     md = (tmp_path / "tokens.md").read_text()
     assert "| adaptive | head |" in md and "Oracle" in md and "Question use" in md
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
