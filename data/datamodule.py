@@ -23,7 +23,7 @@ from arrcoc.data.sources import Source, SourceConfig, count_samples, first_sampl
 from arrcoc.data.stats import StatsTable, skipped_by_reason, total_skipped
 from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream
 from arrcoc.presets import TINY_ENCODER, TINY_LM
-from arrcoc.processing import build_tokenizer, build_transform, transform_size
+from arrcoc.processing import build_tokenizer, build_transform, crop_geometry, transform_size
 
 log = logging.getLogger("arrcoc.data")
 
@@ -161,22 +161,20 @@ class VQADataModule(L.LightningDataModule):
         if per_rank < 1:
             raise ValueError(f"samples_per_epoch={total} gives no full batch of {self.batch_size} per rank "
                              f"on {self.world_size} rank(s)")
-        from arrcoc.processing import crop_geometry  # samples' object boxes follow the transform
-
-        pre = VQAPreprocessor(self.transform, self.prompt, train=True, image_size=self.image_size,
-                              crop=crop_geometry(self.hparams.encoder, self.hparams.encoder_pretrained))
-        return TrainStream(sources, pre, self._collate, self.batch_size, per_rank, self.rank, self.world_size,
-                           self.hparams.shuffle_buffer, self.hparams.seed)
+        return TrainStream(sources, self._preprocessor(train=True), self._collate, self.batch_size, per_rank,
+                           self.rank, self.world_size, self.hparams.shuffle_buffer, self.hparams.seed)
 
     def eval_stream(self, split: str) -> EvalStream:
-        from arrcoc.processing import crop_geometry  # samples' object boxes follow the transform
-
-        pre = VQAPreprocessor(self.transform, self.prompt, train=False, image_size=self.image_size,
-                              crop=crop_geometry(self.hparams.encoder, self.hparams.encoder_pretrained))
+        pre = self._preprocessor(train=False)
         sources = [count_samples(s) for s in self._need(split)]
         pre.calibrate(first_sample(sources))
         return EvalStream(sources, pre, pre.placeholder, self._collate, self.eval_batch_size,
                           self.rank, self.world_size, num_workers=self.num_workers)
+
+    def _preprocessor(self, train: bool) -> VQAPreprocessor:
+        # the crop geometry maps samples' object boxes the way the transform maps their images
+        return VQAPreprocessor(self.transform, self.prompt, train=train, image_size=self.image_size,
+                               crop=crop_geometry(self.hparams.encoder, self.hparams.encoder_pretrained))
 
     def _need(self, split: str) -> list[Source]:
         if split not in self.sources:
