@@ -288,23 +288,24 @@ class ARRCOCModel(nn.Module):
         allocation.
         """
         full = self.full_tokens if full_tokens is None else full_tokens
-        if labels is not None:  # keep the prompt: real tokens before the first supervised one
-            before_answer = (labels != IGNORE_INDEX).long().cumsum(-1) == 0
-            attention_mask = attention_mask * before_answer.long()
         patches, cls = self._vision(pixel_values, patch_features, cls_features)  # [B, N, D], [B, D]
         visual, visual_mask, _, allocation = self._see(pixel_values, patches, cls, question_ids, question_mask,
                                                        budget, full, selection)
-        tokens, texts = self.answer(input_ids, attention_mask, visual, visual_mask, max_new_tokens)
+        tokens, texts = self.answer(input_ids, attention_mask, visual, visual_mask, max_new_tokens, labels=labels)
         return GenerationOutput(tokens=tokens, texts=texts, allocation=allocation)
 
     @torch.no_grad()
     def answer(self, input_ids: Tensor, attention_mask: Tensor, visual: Tensor, visual_mask: Tensor,
-               max_new_tokens: int = 8) -> tuple[Tensor, list[str]]:
-        """Greedy answers from prompts [B, T] (the answer already masked out of ``attention_mask``) and
-        projected visual tokens ``visual`` [B, K, E] with ``visual_mask`` [B, K] -> (ids [B, T_new], texts).
+               max_new_tokens: int = 8, labels: Tensor | None = None) -> tuple[Tensor, list[str]]:
+        """Greedy answers from prompts [B, T] and projected visual tokens ``visual`` [B, K, E] with
+        ``visual_mask`` [B, K] -> (ids [B, T_new], texts). Where ``labels`` [B, T] mark an answer, it is cut
+        off: the model answers from the prompt alone.
 
         What :meth:`generate` does after choosing the tokens; call it directly with visual tokens made
         another way (an equal-token baseline that pools instead of selecting)."""
+        if labels is not None:  # keep the prompt: real tokens before the first supervised one
+            before_answer = (labels != IGNORE_INDEX).long().cumsum(-1) == 0
+            attention_mask = attention_mask * before_answer.long()
         packed = pack_multimodal(self.llm.embed(input_ids), input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, padding_side="left")
         tokens = self.llm.greedy(packed.embeds, packed.attention_mask, packed.position_ids, max_new_tokens)

@@ -197,10 +197,8 @@ class TokenBench:
         features = inputs["patch_features"].to(model.positions.row.dtype) + model.positions()  # [B, N, D]
         pooled, mask = pool_tokens(features, model.encoder.grid, counts)  # [B, K, D], [B, K]
         visual = model.projector(pooled)  # [B, K, E]
-        prompt = inputs["attention_mask"]
-        if inputs.get("labels") is not None:  # the prompt only: real tokens before the first supervised one
-            prompt = prompt * ((inputs["labels"] != IGNORE_INDEX).long().cumsum(-1) == 0).long()
-        _, texts = model.answer(inputs["input_ids"], prompt, visual, mask, self.config.max_new_tokens)
+        _, texts = model.answer(inputs["input_ids"], inputs["attention_mask"], visual, mask, self.config.max_new_tokens,
+                                labels=inputs.get("labels"))
         return texts, mask.sum(-1)
 
     def _question_use(self, batch, own: Tensor, swapped: Tensor, head_k: Tensor,
