@@ -52,6 +52,9 @@ class TokenAllocator(nn.Module):
         temperature: softness of the threshold gate (relevance is standardised, so ~0.1..1).
         selection_noise: Gumbel noise scale added to relevance for the top-k in training only
             (exploration); 0 disables.
+        budget_jitter: share of samples whose hard budget is drawn uniformly from ``[min, max]`` in training
+            only (the head's ``k_soft`` and its losses are unchanged), so what comes after the allocator learns to
+            work at every budget; 0 disables.
         hidden: hidden width of the budget head.
         profile_points: how many ranks of the sorted relevance the budget head reads.
     """
@@ -65,6 +68,7 @@ class TokenAllocator(nn.Module):
         target_tokens: float = 198.0,
         temperature: float = 0.5,
         selection_noise: float = 0.0,
+        budget_jitter: float = 0.0,
         hidden: int = 128,
         profile_points: int = 16,
     ) -> None:
@@ -74,8 +78,11 @@ class TokenAllocator(nn.Module):
             raise ValueError(f"allocator.temperature={temperature} must be > 0")
         if selection_noise < 0:
             raise ValueError(f"allocator.selection_noise={selection_noise} must be >= 0")
+        if not 0 <= budget_jitter <= 1:
+            raise ValueError(f"allocator.budget_jitter={budget_jitter} must be a share in [0, 1]")
         self.temperature = temperature
         self.selection_noise = selection_noise
+        self.budget_jitter = budget_jitter
         self.profile_points = profile_points
         self.head = nn.Sequential(
             nn.LayerNorm(context_dim + profile_points), nn.Linear(context_dim + profile_points, hidden),
@@ -130,7 +137,9 @@ class TokenAllocator(nn.Module):
         """The budget head's logits [B]: ``k_soft = min + sigmoid(logit) * (max - min)``. Shifting every
         logit by one constant moves the mean budget while keeping each sample's rank (how the token
         benchmark evaluates the head at other mean budgets)."""
-        feats = torch.cat([context.float(), sorted_profile(relevance.float(), self.profile_points)], dim=-1)
+        # The head reads the map's shape; its losses train the head, they do not reshape the map (detached).
+        profile = sorted_profile(relevance.detach().float(), self.profile_points)  # [B, P]
+        feats = torch.cat([context.float(), profile], dim=-1)
         # No autocast here: in bf16 a budget near 300 could only move in steps of 2 tokens.
         with torch.autocast(relevance.device.type, enabled=False):
             return self.head(feats.to(self.head[1].weight.dtype)).float().squeeze(-1)  # [B]
@@ -150,6 +159,9 @@ class TokenAllocator(nn.Module):
             frac = torch.sigmoid(self.budget_logits(relevance, context))  # [B]
             k_soft = lo + frac * (hi - lo)  # [B]
             k = k_soft.detach().round().long().clamp(lo, hi)  # [B]
+            if self.training and self.budget_jitter > 0:
+                drawn = torch.randint(lo, hi + 1, (b,), device=k.device)
+                k = torch.where(torch.rand(b, device=k.device) < self.budget_jitter, drawn, k)
         else:
             k = torch.as_tensor(budget, device=relevance.device).long().expand(b).clone()
             if bool(((k < 1) | (k > n)).any()):

@@ -36,3 +36,16 @@ class OpponentBalancer(nn.Module):
         weights = torch.softmax(self.net(context).float() / self.temperature, dim=-1)  # [B, S]
         relevance = (weights.unsqueeze(-1) * maps).sum(1)  # [B, N]
         return relevance, weights
+
+
+def balance_loss(weights: Tensor) -> Tensor:
+    """How far the batch's mean scorer weights [B, S] are from even use: ``S * sum_s mean_b(w)_s^2 - 1``, 0 when
+    every scorer gets 1/S of the weight on average, ``S - 1`` when one takes it all.
+
+    A load-balancing term (as for mixture-of-experts routers): it keeps every scorer in play across the batch,
+    while each sample's weights stay free to differ, so the balancer can still prefer one scorer per question.
+    Without it, the LM loss lets the balancer collapse onto one scorer for every sample.
+    """
+    s = weights.shape[-1]
+    usage = weights.float().mean(0)  # [S]
+    return s * usage.pow(2).sum() - 1.0

@@ -2,11 +2,14 @@
 
 Each phase runs from its YAML in ``configs/`` (tiny preset, the sample task generated on first use),
 hands its weights to the next through ``init_from``, and the final model is compared on the sample
-task's validation split: all 576 tokens, its own adaptive budgets, random and grid selections at the
-same per-sample budgets, the majority answer, and all tokens of another sample's image (what the
-model answers from the question alone: the gap to "all tokens" is how much it uses the image); plus
-the measured step-time ratio of full-token vs adaptive training steps in the same run. The table is
-also written to ``results.json``.
+task's validation split with ``arrcoc bench tokens``'s machinery (a subset of its methods): all 576
+tokens; all tokens of another sample's image (the gap to "all tokens" is how much the model uses the
+image); its own adaptive budgets; one fixed k at the adaptive mean (what adaptivity buys); random and
+grid selections at the same per-sample budgets; the model's own scorers with the question withheld and
+with another sample's question (what following the question buys); the same at a mean of 64; the
+majority answer. Also the budget spread, the share of the asked-about objects' patches kept (against
+the scene's other objects, and with another question's selection), and the measured step-time ratio of
+full-token vs adaptive training steps. Everything is also written to ``results.json``.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
+from arrcoc.bench.report import summarize
+from arrcoc.bench.tokens import BenchConfig, TokenBench
 from arrcoc.data import model_inputs
 from arrcoc.data.shards import shard_samples
-from arrcoc.metrics import VQAAccuracy
+from arrcoc.metrics.vqa import vqa_soft_accuracy
 from arrcoc.processing import majority_answer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOW = 64  # the allocator's minimum budget (about 11% of the 576 tokens)
-SELECTIONS = ("learned", "random", "grid")
+#: the token benchmark's methods the demo shows (adaptive always runs)
+METHODS = ("full", "shuffled", "fixed", "random", "grid", "question_blind", "swapped_selection")
 
 
 def _phase_args(phase: int, steps: int, out: Path, args, init_from: Path | None) -> list[str]:
@@ -43,13 +47,19 @@ def _phase_args(phase: int, steps: int, out: Path, args, init_from: Path | None)
     return argv
 
 
-def majority_baseline(train_urls: list[str]) -> str:
-    """The most frequent training answer (json only: images are not decoded)."""
-    counts: Counter[str] = Counter()
-    for url in train_urls:
+def _answers(urls: list[str]) -> list[list[str]]:
+    """Every sample's reference answers (json only: images are not decoded)."""
+    out = []
+    for url in urls:
         for raw in shard_samples(url, lambda skip: None):  # the training run counts skips; this only peeks
             if "json" in raw.files:
-                counts[majority_answer(json.loads(raw.files["json"])["answers"])] += 1
+                out.append(json.loads(raw.files["json"])["answers"])
+    return out
+
+
+def majority_baseline(train_urls: list[str]) -> str:
+    """The most frequent training answer."""
+    counts = Counter(majority_answer(answers) for answers in _answers(train_urls))
     return counts.most_common(1)[0][0]
 
 
@@ -65,48 +75,27 @@ def step_time(model, batch: dict, full: bool, repeats: int = 5) -> float:
 
 
 def evaluate(model, datamodule) -> dict:
-    """Accuracy of the variants on the validation split (overall and per question type), and
-    visual-token statistics."""
-    model.eval()
-    names = ("full", "shuffled", "adaptive", "random", "grid", "majority", *(f"{sel}@{LOW}" for sel in SELECTIONS))
-    acc = {n: VQAAccuracy() for n in names}
-    by_type: dict[str, dict[str, VQAAccuracy]] = {}
+    """The token benchmark's demo methods on the validation split: accuracy (± one standard error, overall and
+    per question type), the budget spread, question use, the balancer, and the majority answer."""
+    bench = TokenBench(model, BenchConfig(means=(LOW,), methods=METHODS))
+    bench.calibrate(datamodule.val_dataloader())
+    records = bench.run(datamodule.val_dataloader())
+    summary = summarize(records, list(model.scorer_names), "arrcoc demo", tolerance=0.1, notes=[])
+    points = {f"{name}@{row['target']}": row for name, rows in summary["methods"].items() for row in rows}
     majority = majority_baseline(datamodule.sources["train"][0].urls)
-    tokens: list[int] = []
-    low_tokens: list[int] = []
-    for batch in datamodule.val_dataloader():
-        inputs, valid, answers = model_inputs(batch), batch["valid"], batch["answers"]
-        with torch.no_grad():
-            if "patch_features" not in inputs:  # the frozen encoder runs once; all seven variants reuse it
-                seen = model.encoder(inputs["pixel_values"])
-                inputs |= {"patch_features": seen.flat(), "cls_features": seen.cls}
-            adaptive = model.generate(**inputs)
-            budget = adaptive.allocation.budget
-            outs = {"full": model.generate(**inputs, full_tokens=True), "adaptive": adaptive,
-                    "random": model.generate(**inputs, budget=budget, selection="random"),
-                    "grid": model.generate(**inputs, budget=budget, selection="grid")}
-            # the same three selections at a small fixed budget, where which tokens are kept matters most
-            outs |= {f"{sel}@{LOW}": model.generate(**inputs, budget=LOW, selection=sel) for sel in SELECTIONS}
-            # the image-use control: each question with the next sample's image, all tokens (a batch
-            # needs two samples or more: the demo's validation batches hold 50)
-            other = {k: (v.roll(1, 0) if v is not None else None) for k, v in inputs.items()
-                     if k in ("patch_features", "cls_features")}
-            outs["shuffled"] = model.generate(**(inputs | other), full_tokens=True)
-        texts = {name: out.texts for name, out in outs.items()} | {"majority": [majority] * len(answers)}
-        types = batch.get("question_type") or [""] * len(answers)
-        for name, pred in texts.items():
-            acc[name].update(pred, answers, valid)
-            for qt in set(types) - {""}:
-                mask = valid & torch.tensor([t == qt for t in types])
-                by_type.setdefault(qt, {n: VQAAccuracy() for n in names})[name].update(pred, answers, mask)
-        tokens += adaptive.allocation.visual_tokens[valid].tolist()
-        low_tokens += outs[f"learned@{LOW}"].allocation.visual_tokens[valid].tolist()
-    return {"accuracy": {n: float(m.compute()) for n, m in acc.items()}, "majority_answer": majority,
-            "accuracy_by_type": {qt: {n: float(m.compute()) for n, m in ms.items()}
-                                 for qt, ms in sorted(by_type.items())},
-            "visual_tokens": {"mean": statistics.mean(tokens), "min": min(tokens), "max": max(tokens)},
-            "visual_tokens_fixed_budget": statistics.mean(low_tokens),
-            "samples": len(tokens)}
+    val_answers = [a for source in datamodule.sources["val"] for a in _answers(source.urls)]
+    tokens = [r["methods"]["adaptive@head"][0] for r in records]
+    types = sorted({t for row in points.values() for t in row["by_type"]})
+    return {"accuracy": {k: row["accuracy"] for k, row in points.items()}
+            | {"majority": statistics.fmean(vqa_soft_accuracy(majority, a) for a in val_answers)},
+            "stderr": {k: row["stderr"] for k, row in points.items()},
+            "visual_tokens_per_method": {k: row["mean_tokens"] for k, row in points.items()},
+            "majority_answer": majority,
+            "accuracy_by_type": {t: {k: row["by_type"].get(t) for k, row in points.items()} for t in types},
+            "visual_tokens": {"mean": statistics.fmean(tokens), "min": min(tokens), "max": max(tokens)},
+            "budget": summary["budget"], "fixed_k": round(bench.head_mean),
+            "question_use": summary["question_use"], "balancer": summary["balancer"].get("all"),
+            "samples": len(records)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,23 +151,40 @@ def _config_steps(phase: int) -> int:
 
 
 def _print_table(r: dict, n: int) -> None:
-    a, vt, st = r["accuracy"], r["visual_tokens"], r["step_time_ms"]
-    adaptive = f"{vt['mean']:.0f} (min {vt['min']}, max {vt['max']})"
-    low = f"{r['visual_tokens_fixed_budget']:.0f}"
-    rows = [("all tokens (baseline)", f"{n}", a["full"]), ("all tokens, another image", f"{n}", a["shuffled"]),
-            ("adaptive (learned)", adaptive, a["adaptive"]),
-            ("random, same budgets", adaptive, a["random"]), ("grid, same budgets", adaptive, a["grid"]),
-            *((f"{sel} selection, budget {LOW}", low, a[f"{sel}@{LOW}"]) for sel in SELECTIONS),
-            (f"majority answer ({r['majority_answer']!r})", "0", a["majority"])]
-    print(f"\n{'variant':34s}{'visual tokens / sample':>30s}{'VQA accuracy':>14s}")
-    for name, tok, acc in rows:
-        print(f"{name:34s}{tok:>30s}{100 * acc:>13.1f}%")
+    a, se, vt, st, b = r["accuracy"], r["stderr"], r["visual_tokens"], r["step_time_ms"], r["budget"]
+    tok = r["visual_tokens_per_method"]
+    spread = f"{vt['mean']:.0f} (min {vt['min']}, max {vt['max']})"
+    rows = [("all tokens (baseline)", "full@576"), ("all tokens, another image", "shuffled@576"),
+            ("adaptive (learned budgets)", "adaptive@head"), ("fixed k at the adaptive mean", "fixed@head"),
+            ("random, same budgets", "random@head"), ("grid, same budgets", "grid@head"),
+            ("own scorers, question withheld", "question_blind@head"),
+            ("another question's selection", "swapped_selection@head"),
+            (f"adaptive at mean {LOW}", f"adaptive@{LOW}"), (f"fixed k = {LOW}", f"fixed@{LOW}"),
+            (f"random at mean {LOW}", f"random@{LOW}"), (f"grid at mean {LOW}", f"grid@{LOW}"),
+            (f"another question's selection, {LOW}", f"swapped_selection@{LOW}")]
+    print(f"\n{'variant':38s}{'visual tokens / sample':>28s}{'VQA accuracy':>14s}{'± s.e.':>8s}")
+    for name, key in rows:
+        if key in a:
+            count = spread if key == "adaptive@head" else f"{tok[key]:.0f}"
+            print(f"{name:38s}{count:>28s}{100 * a[key]:>13.1f}%{100 * (se[key] or 0):>8.1f}")
+    print(f"{'majority answer (' + repr(r['majority_answer']) + ')':38s}{'0':>28s}{100 * a['majority']:>13.1f}%")
     if r.get("accuracy_by_type"):
-        cols = ("full", "shuffled", "adaptive", "random", "grid", *(f"{sel}@{LOW}" for sel in SELECTIONS), "majority")
-        print(f"\n{'question type':20s}" + "".join(f"{'all' if c == 'full' else c:>11s}" for c in cols))
+        cols = ("full@576", "shuffled@576", "adaptive@head", "fixed@head", "swapped_selection@head", f"adaptive@{LOW}")
+        heads = ("all", "other img", "adaptive", "fixed", "swapped", f"adapt@{LOW}")
+        print(f"\n{'question type':16s}" + "".join(f"{h:>11s}" for h in heads))
         for qt, accs in r["accuracy_by_type"].items():
-            print(f"{qt:20s}" + "".join(f"{100 * accs[c]:>10.1f}%" for c in cols))
-    print(f"\nadaptive / all-token accuracy: {100 * a['adaptive'] / max(a['full'], 1e-9):.1f}%   "
+            print(f"{qt:16s}" + "".join(f"{100 * (accs.get(c) or 0):>10.1f}%" for c in cols))
+    print(f"\nbudgets of the head (kept patches): p10 {b['p10']:.0f}, p50 {b['p50']:.0f}, p90 {b['p90']:.0f}")
+    if r.get("question_use"):
+        print("asked-about objects' patches kept (named / the scene's other objects / named, with another question's "
+              "selection):")
+        for k, q in r["question_use"].items():
+            label = "adaptive budgets" if k == "adaptive" else f"k = {k}"
+            print(f"  {label:18s}{100 * q['recall_named']:6.1f}% / {100 * q['recall_other']:5.1f}% / "
+                  f"{100 * q['recall_swapped']:5.1f}%")
+    if r.get("balancer"):
+        print("balancer weights (mean): " + ", ".join(f"{s} {w['mean']:.2f}" for s, w in r["balancer"].items()))
+    print(f"\nadaptive / all-token accuracy: {100 * a['adaptive@head'] / max(a['full@576'], 1e-9):.1f}%   "
           f"({r['samples']} validation questions)")
     print(f"training step, full vs adaptive: {st['full']:.0f} ms vs {st['adaptive']:.0f} ms = "
           f"{st['ratio']:.2f}x faster (tiny preset, this machine)")

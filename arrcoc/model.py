@@ -104,6 +104,19 @@ class ARRCOCOutput:
     patch_features: Tensor | None = None  # [B, N, D]
     cls_features: Tensor | None = None  # [B, D] (None for towers without a class token)
 
+    def sample_loss(self) -> Tensor:
+        """Mean answer-token cross-entropy per sample [B] (NaN where a sample has no answer): the batch's
+        ``lm_loss`` split by sample, for sufficiency labels and the oracle."""
+        labels = self.packed.labels
+        if labels is None or self.answer_logits is None:
+            raise ValueError("sample_loss needs a forward pass with labels")
+        supervised = labels[:, 1:] != IGNORE_INDEX  # [B, L-1], the positions forward took logits at
+        rows = supervised.nonzero()[:, 0]  # [M] sample of each supervised token
+        ce = F.cross_entropy(self.answer_logits.float(), self.answer_targets, reduction="none")  # [M]
+        total = ce.new_zeros(labels.shape[0]).index_add_(0, rows, ce)  # [B]
+        count = ce.new_zeros(labels.shape[0]).index_add_(0, rows, torch.ones_like(ce))  # [B]
+        return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
 
 @dataclass
 class GenerationOutput:
@@ -126,6 +139,9 @@ class ARRCOCModel(nn.Module):
         budget_loss_weight: weight of the batch-mean budget constraint in ``loss``.
         gate_temperature: softness of the differentiable selection gate.
         selection_noise: Gumbel exploration noise on the top-k in training (0 = off).
+        budget_jitter: in training, the share of samples whose budget is drawn uniformly from
+            ``[min_tokens, max_tokens]`` instead of the head's, so the projector and LLM learn to answer at
+            every k (Matryoshka-style); 0 = off.
         summary_grid: dropped patches are pooled into ``summary_grid**2`` context tokens; 0 = off.
         projector: ``mlp2x_gelu`` (LLaVA-1.5), ``linear``, or a factory ``(in_dim, out_dim)``.
         full_tokens: allocation off: every patch, in raster order, no scorers run.
@@ -142,6 +158,7 @@ class ARRCOCModel(nn.Module):
         budget_loss_weight: float = 10.0,
         gate_temperature: float = 0.5,
         selection_noise: float = 0.0,
+        budget_jitter: float = 0.0,
         summary_grid: int = 1,
         projector: ProjectorSpec = "mlp2x_gelu",
         full_tokens: bool = False,
@@ -156,6 +173,8 @@ class ARRCOCModel(nn.Module):
             raise ValueError(f"gate_temperature={gate_temperature} must be > 0")
         if selection_noise < 0:
             raise ValueError(f"selection_noise={selection_noise} must be >= 0")
+        if not 0 <= budget_jitter <= 1:
+            raise ValueError(f"budget_jitter={budget_jitter} must be a share in [0, 1]")
         if summary_grid < 0:
             raise ValueError(f"summary_grid={summary_grid} must be >= 0 (0 disables summary tokens)")
         if len(scorers) == 0:
@@ -181,7 +200,7 @@ class ARRCOCModel(nn.Module):
         self.balancer = OpponentBalancer(len(built), context_dim)
         self.allocator = TokenAllocator(n, context_dim, min_tokens=min_tokens, max_tokens=max_tokens,
                                         target_tokens=target_tokens, temperature=gate_temperature,
-                                        selection_noise=selection_noise)
+                                        selection_noise=selection_noise, budget_jitter=budget_jitter)
         self.summary = DroppedTokenSummary(self.encoder.grid, d, summary_grid) if summary_grid else None
         self.positions = GridPositionEmbedding(self.encoder.grid, d)
         self.projector = build_projector(projector, d, e)

@@ -6,13 +6,21 @@ converters. Answering needs a small, question-dependent part of the image: the c
 shape, whether a combination exists, how many objects of a colour there are (several regions: needs
 more tokens), or where one object is relative to another. Closed answer vocabulary; ten identical
 annotator answers per question, so the VQA soft accuracy applies. Each sample's json says where its
-objects are and which ones the question names (``objects``), for measuring what a selection keeps.
+objects are and which ones the question names (``objects``), and which kind of scene it is (``layout``),
+for measuring what a selection keeps.
+
+Scenes vary as real images do (:data:`LAYOUTS`): clutter (many small objects), mixed (a handful of
+widely varied sizes) and close-ups (a few large objects). In most scenes the objects together cover
+more than a 64-token budget of the tiny encoder's 24x24 grid, while a question names one or two of
+them (or one colour's): a selection cannot keep every object, so only one that follows the question
+keeps the right ones.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,17 +54,16 @@ class Obj:
         return f"{self.color} {self.shape}"
 
 
-#: Objects per scene, and their half size as a fraction of the image side. Small on purpose: at the
-#: tiny encoder's 24x24 grid an object covers about 8 patches (45 of 576 per scene on average), so
-#: most of the image is background and at small budgets which tokens are kept decides what can be
-#: answered (keeping a random 11% misses most objects' patches).
+#: Objects per scene and their half size (a fraction of the image side) for :func:`make_scene`: one
+#: size range, as the shipped tiny encoder was pretrained on (``arrcoc.pretrain.encoder``).
 NUM_OBJECTS = (3, 8)
 RADIUS = (1 / 20, 1 / 12)
 
 
 def make_scene(rng: random.Random, size: int, radius: tuple[float, float] = RADIUS) -> list[Obj]:
     """3-8 small non-overlapping objects, each a (shape, colour) pair that appears at most once;
-    half sizes drawn from ``radius`` (fractions of ``size``)."""
+    half sizes drawn from ``radius`` (fractions of ``size``). The encoder's pretraining scenes; the
+    sample task draws :func:`make_layout_scene`."""
     objs: list[Obj] = []
     want = rng.randint(*NUM_OBJECTS)
     tries = 0
@@ -71,6 +78,63 @@ def make_scene(rng: random.Random, size: int, radius: tuple[float, float] = RADI
             continue
         objs.append(Obj(shape, color, x, y, r))
     return objs
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A kind of scene: how often it is drawn, how many objects it has, and their half sizes (fractions
+    of the image side, drawn log-uniformly: each step up in scale is as likely as the one before)."""
+
+    weight: float
+    objects: tuple[int, int]
+    radius: tuple[float, float]
+
+
+#: The sample task's kinds of scene. Real images vary: many small things, a handful of things of any
+#: size, a few things up close. At the tiny encoder's 24x24 grid (a patch is 5.3 px of the 128 px image;
+#: counting the patches whose centre an object's box holds, as ``arrcoc.processing.patch_masks`` does) a
+#: clutter object covers 4-12 patches (6 on average, about 90 per scene), a mixed one 4-49 (15; about
+#: 115 per scene), a close-up one 25-100 (55; about 160 per scene). So in nearly every scene the objects
+#: cover more than a 64-token budget, while a question names one or two of them (or one colour's): the
+#: selection must choose which objects to keep.
+LAYOUTS: dict[str, Layout] = {
+    "clutter": Layout(0.4, (12, 18), (1 / 28, 1 / 17)),
+    "mixed": Layout(0.4, (6, 10), (1 / 28, 1 / 8)),
+    "closeup": Layout(0.2, (2, 4), (1 / 9, 1 / 5)),
+}
+_LAYOUT_NAMES = list(LAYOUTS)
+_LAYOUT_WEIGHTS = [spec.weight for spec in LAYOUTS.values()]
+_PAIRS = [(s, c) for s in SHAPES for c in sorted(COLORS)]
+_PLACE_TRIES = 40  # positions tried per object before it is left out
+
+
+def make_layout_scene(rng: random.Random, size: int, layout: str | None = None) -> tuple[str, list[Obj]]:
+    """(layout, objects): a scene of one of :data:`LAYOUTS` (drawn by weight unless ``layout`` is
+    given). Objects do not overlap (the same gap as :func:`make_scene`) and each (shape, colour) pair
+    appears at most once, so a scene has at most 5 objects of a colour (counts stay in the vocabulary).
+    Sizes are drawn first and placed largest first; an object that finds no free place shrinks a little
+    every 10 tries (not below the layout's smallest size) and is left out after ``_PLACE_TRIES`` (in
+    3000 scenes: 3 of 1757 close-up objects, none of the clutter or mixed ones; no scene ended with
+    fewer objects than its layout's fewest)."""
+    if layout is None:
+        layout = rng.choices(_LAYOUT_NAMES, weights=_LAYOUT_WEIGHTS)[0]
+    spec = LAYOUTS[layout]
+    lo, hi = math.log(spec.radius[0]), math.log(spec.radius[1])
+    smallest = max(2, round(size * spec.radius[0]))
+    radii = sorted((max(smallest, round(size * math.exp(rng.uniform(lo, hi))))
+                    for _ in range(rng.randint(*spec.objects))), reverse=True)
+    pairs = list(_PAIRS)
+    objs: list[Obj] = []
+    for r in radii:
+        for attempt in range(1, _PLACE_TRIES + 1):
+            if attempt % 10 == 0:  # no room at this size: a little smaller (not below the layout's smallest)
+                r = max(smallest, round(r * 0.85))
+            x, y = rng.randint(r + 1, size - r - 2), rng.randint(r + 1, size - r - 2)
+            if not any(abs(o.x - x) < o.r + r + 3 and abs(o.y - y) < o.r + r + 3 for o in objs):
+                shape, color = pairs.pop(rng.randrange(len(pairs)))
+                objs.append(Obj(shape, color, x, y, r))
+                break
+    return layout, objs
 
 
 @functools.lru_cache(maxsize=4)
@@ -173,11 +237,13 @@ class SampleTaskConfig:
     train: int = 20000
     val: int = 1000
     seed: int = 0
-    #: of the generator, not settable: bumped when samples change (questions; 3: the json's ``objects``),
-    #: so caches are remade
-    version: int = field(default=3, init=False)
-    #: the scene geometry (objects per scene, half-size range), not settable: part of the cache stamp
-    scene: tuple = field(default=(NUM_OBJECTS, RADIUS), init=False)
+    #: of the generator, not settable: bumped when samples change (questions; 3: the json's ``objects``;
+    #: 4: scene layouts), so caches are remade
+    version: int = field(default=4, init=False)
+    #: the scene geometry, not settable: part of the cache stamp. Each layout's (name, weight, objects
+    #: per scene, half-size range) from :data:`LAYOUTS`
+    scene: tuple = field(init=False, default=tuple(
+        (name, spec.weight, spec.objects, spec.radius) for name, spec in LAYOUTS.items()))
     image_size: int = 128
     samples_per_shard: int = 1000
     #: share of training questions that ask to list every object (validation asks the four VQA kinds)
@@ -212,7 +278,7 @@ def make_sample(split: str, index: int, seed: int, size: int,
     object's box and whether the question names it) and the image. A ``list_share`` of training
     samples (none elsewhere) asks to list every object (and so names them all)."""
     rng = random.Random(f"arrcoc-sample/{seed}/{split}/{index}")
-    objs = make_scene(rng, size)
+    layout, objs = make_layout_scene(rng, size)
     kind = KINDS[index % len(KINDS)] if split != "train" else rng.choice(KINDS)
     if split == "train" and rng.random() < list_share:
         kind, question, answer, answer_type, named = "objects", LIST_QUESTION, list_objects(objs), "other", objs
@@ -220,7 +286,7 @@ def make_sample(split: str, index: int, seed: int, size: int,
         question, answer, answer_type, named = ask(objs, rng, kind, size)
     qid = (0 if split == "train" else 1) * 10**9 + index
     meta = {"question": question, "answers": [answer] * 10, "question_id": qid, "image_id": qid,
-            "answer_type": answer_type, "question_type": kind, "scene": [asdict(o) for o in objs],
+            "answer_type": answer_type, "question_type": kind, "layout": layout, "scene": [asdict(o) for o in objs],
             "objects": [{"box": object_box(o, size), "named": any(o is n for n in named)} for o in objs]}
     image_seed = rng.randrange(2**32)
     return meta, render(objs, size, image_seed)

@@ -9,7 +9,6 @@ import torch
 
 from arrcoc.bench.budgets import (
     head_budgets,
-    per_sample_loss,
     shift_for_mean,
     smallest_sufficient_k,
     spearman,
@@ -17,7 +16,6 @@ from arrcoc.bench.budgets import (
 )
 from arrcoc.bench.report import summarize, write
 from arrcoc.bench.tokens import SAME_COUNT, BenchConfig, TokenBench
-from arrcoc.processing import IGNORE_INDEX
 from conftest import arrcoc, make_batch
 
 
@@ -37,11 +35,11 @@ def test_top_k_mask_breaks_ties_by_raster_order():
                                                                   [True, True, True, False, False]]
 
 
-def test_per_sample_loss_equals_each_samples_own_loss(shared_tiny_model):
+def test_sample_loss_equals_each_samples_own_loss(shared_tiny_model):
     batch = make_batch(shared_tiny_model, n=3)
     with torch.no_grad():
         out = shared_tiny_model(**batch, budget=100, return_logits=False)
-        losses = per_sample_loss(out.answer_logits, out.answer_targets, out.packed.labels, IGNORE_INDEX)
+        losses = out.sample_loss()
         for i in range(3):
             alone = {k: v[i:i + 1] for k, v in batch.items()}
             assert math.isclose(float(losses[i]), float(shared_tiny_model(**alone, budget=100).lm_loss), rel_tol=1e-4)
@@ -86,7 +84,7 @@ def bench_run(tmp_path_factory):
 
 
 def test_every_method_answers_at_the_adaptive_methods_token_counts(bench_run):
-    model, _, _, records = bench_run
+    model, _, bench, records = bench_run
     assert len(records) == 6
     names = {key.rpartition("@")[0] for key in records[0]["methods"]}
     assert names >= {"full", "shuffled", "adaptive", "fixed", *SAME_COUNT} | {f"scorer:{n}" for n in model.scorer_names}
@@ -101,7 +99,17 @@ def test_every_method_answers_at_the_adaptive_methods_token_counts(bench_run):
                 else:
                     assert m[f"{name}@{target}"][0] == tokens, (name, target)
         assert m["fixed@64"][0] == 65 and m["fixed@128"][0] == 129  # k kept + the summary token
+        assert m["fixed@head"][0] == round(bench.head_mean) + 1  # one k for all: the head's mean over the split
         assert 0.0 <= m["adaptive@head"][1] <= 1.0
+
+
+def test_a_chosen_set_of_methods_runs_only_those(bench_run):
+    model, batches, _, _ = bench_run
+    bench = TokenBench(model, BenchConfig(means=(64,), methods=("full", "fixed", "swapped_selection"),
+                                          max_new_tokens=2))
+    bench.calibrate(batches)
+    names = {key.rpartition("@")[0] for key in bench.run(batches[:1])[0]["methods"]}
+    assert names == {"full", "adaptive", "fixed", "swapped_selection"}  # adaptive: what the others are matched to
 
 
 def test_the_targets_move_the_mean_budget(bench_run):

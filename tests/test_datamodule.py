@@ -144,7 +144,7 @@ def test_feature_cache_samples_feed_the_model(tmp_path, shared_tiny_model):
 
 
 def test_sample_task_generated_on_first_use(tmp_path):
-    from arrcoc.data.sample_task import RADIUS, SampleTaskConfig
+    from arrcoc.data.sample_task import LAYOUTS, SampleTaskConfig
 
     cfg = SampleTaskConfig(train=24, val=8, samples_per_shard=10)
     dm = VQADataModule(sample_task=cfg, cache_dir=str(tmp_path / "c"), batch_size=4, num_workers=0)
@@ -160,7 +160,8 @@ def test_sample_task_generated_on_first_use(tmp_path):
     # a copy made by another scene geometry (a module constant, not a config field) is stale too
     stamp_file = tmp_path / "c" / "config.json"
     old = json.loads(stamp_file.read_text())
-    assert old == cfg.stamp() and old["scene"][1] == list(RADIUS)
+    assert old == cfg.stamp() and old["version"] == 4
+    assert old["scene"] == [[name, s.weight, list(s.objects), list(s.radius)] for name, s in LAYOUTS.items()]
     stamp_file.write_text(json.dumps({**old, "scene": [[2, 6], [0.0625, 0.1]]}))
     dm.prepare_data()
     assert json.loads(stamp_file.read_text()) == cfg.stamp()

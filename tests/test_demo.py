@@ -17,19 +17,27 @@ def test_demo_compares_the_variants_on_a_trained_model(chain, tmp_path):
     assert "=== phase" not in out.stdout  # nothing trained again
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     acc = results["accuracy"]
-    assert set(acc) == {"full", "shuffled", "adaptive", "random", "grid", "majority", "learned@64", "random@64",
-                        "grid@64"}
+    targets = ("head", "64")
+    assert set(acc) == {"full@576", "shuffled@576", "majority"} | {
+        f"{m}@{t}" for m in ("adaptive", "fixed", "random", "grid", "question_blind", "swapped_selection")
+        for t in targets}
     assert all(0.0 <= v <= 1.0 for v in acc.values()) and results["samples"] == 24
     vt = results["visual_tokens"]
     assert 64 <= vt["min"] <= vt["mean"] <= vt["max"] <= 401
-    assert 64 <= results["visual_tokens_fixed_budget"] <= 65  # 64 kept + at most one summary token
+    assert results["visual_tokens_per_method"]["fixed@head"] == results["fixed_k"] + 1  # + the summary token
+    assert 64 <= results["visual_tokens_per_method"]["adaptive@64"] <= 66
+    b = results["budget"]
+    assert 64 <= b["p10"] <= b["p50"] <= b["p90"] <= 400
+    assert set(results["question_use"]) == {"64", "128", "adaptive"}  # the sample task says where its objects are
+    assert set(results["balancer"]) == {"propositional", "perspectival", "participatory"}
     # per question type: the sample task's validation cycles through its four kinds
     assert set(results["accuracy_by_type"]) == {"attribute", "existence", "count", "spatial"}
     assert results["step_time_ms"]["ratio"] > 0
     text = out.stdout
-    for row in ("all tokens (baseline)", "all tokens, another image", "adaptive (learned)",
-                "random, same budgets", "grid, same budgets", "learned selection, budget 64",
-                "random selection, budget 64", "majority answer"):
+    for row in ("all tokens (baseline)", "all tokens, another image", "adaptive (learned budgets)",
+                "fixed k at the adaptive mean", "random, same budgets", "grid, same budgets",
+                "own scorers, question withheld", "another question's selection", "fixed k = 64",
+                "majority answer", "budgets of the head (kept patches): p10", "asked-about objects' patches kept"):
         assert row in text
     assert re.search(r"training step, full vs adaptive: \d+ ms vs \d+ ms = [\d.]+x", text)
     # arrcoc's own reports reach the console, as under `arrcoc fit`: what the evaluated model loaded

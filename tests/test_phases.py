@@ -21,7 +21,8 @@ def count_encoder_calls(model: ARRCOCModel) -> list[int]:
 
 def test_distillation_teacher_reuses_the_students_encoder_features():
     torch.manual_seed(0)
-    phase = RelevancePhase(ARRCOCModel(), distill_weight=1.0, distill_temperature=2.0)
+    phase = RelevancePhase(ARRCOCModel(), distill_weight=1.0, distill_temperature=2.0, relevance_weight=0.0,
+                           balance_weight=0.0, need_weight=0.0)
     model = phase.model.eval()
     inputs = model_inputs(make_batch(model, n=4))
     calls = count_encoder_calls(model)

@@ -1,12 +1,16 @@
 """The sample task: deterministic for a seed, and its answers right by the generator's own scene."""
 
+import json
 import random
+from collections import Counter
 
 import numpy as np
 
+from arrcoc.data import sample_task
 from arrcoc.data.cli import main as data_main
-from arrcoc.data.sample_task import ANSWERS, COLORS, KINDS, Obj, SampleTaskConfig, label_map, make_sample
+from arrcoc.data.sample_task import ANSWERS, COLORS, KINDS, LAYOUTS, Obj, SampleTaskConfig, label_map, make_sample
 from arrcoc.data.shards import decode, iter_tar
+from arrcoc.processing import patch_masks
 
 
 def _check(question: str, answer: str, scene: list[dict]) -> None:
@@ -90,12 +94,13 @@ def test_objects_say_where_and_which_the_question_names():
                                   (o["x"] + o["r"] + 1) / 128, (o["y"] + o["r"] + 1) / 128]
     assert set(by_kind["the"]) == {2} and set(by_kind["color"]) == {1}  # "Is the ... left of ...", "What color ..."
     assert set(by_kind["there"]) == {0, 1} and max(by_kind["many"]) >= 2 and min(by_kind["many"]) == 0
-    assert all(n >= 3 for n in by_kind["objects"])
+    assert all(n >= 2 for n in by_kind["objects"])  # a close-up has 2 to 4 objects
 
 
 def test_cache_stamp_names_the_version():
     stamp = SampleTaskConfig().stamp()
-    assert stamp["version"] == 3  # 3: samples carry ``objects``; older caches are remade
+    assert stamp["version"] == 4  # 4: scene layouts; older caches are remade
+    assert [row[0] for row in stamp["scene"]] == list(LAYOUTS)  # the geometry is stamped too
 
 
 def test_objects_are_drawn_where_the_scene_says():
@@ -115,9 +120,14 @@ def test_deterministic_for_a_seed(tmp_path):
         assert p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes()
     assert (tmp_path / "c/train/train-000000.tar").read_bytes() != a[0].read_bytes()
     # a sample regenerated alone equals the one in the shard
-    samples = [decode(r) for r in iter_tar(str(a[1]))]
+    raws = list(iter_tar(str(a[1])))
+    samples = [decode(r) for r in raws]
     meta, _ = make_sample("train", 20, seed=1, size=128)
     assert samples[4]["question"] == meta["question"] and samples[4]["question_id"] == meta["question_id"]
+    assert json.loads(raws[4].files["json"]) == meta  # layout and scene included
+    for split, index in (("val", 3), ("train", 11)):  # a sample regenerated equals itself, image included
+        (one, img_one), (two, img_two) = (make_sample(split, index, 4, 128, 0.25) for _ in range(2))
+        assert one == two and img_one.tobytes() == img_two.tobytes()
 
 
 def test_counting_needs_several_regions():
@@ -129,3 +139,45 @@ def test_counting_needs_several_regions():
         if meta["question_type"] == "count" and int(meta["answers"][0]) >= 2:
             found += 1
     assert found >= 5
+
+
+def test_layouts_follow_their_geometry():
+    """Each layout's object counts and sizes stay in its ranges; pairs are unique and objects apart."""
+    rng = random.Random(1)
+    for layout, spec in LAYOUTS.items():
+        counts = []
+        for _ in range(40):
+            name, objs = sample_task.make_layout_scene(rng, 128, layout)
+            assert name == layout and len(objs) <= spec.objects[1]
+            counts.append(len(objs))
+            lo, hi = max(2, round(128 * spec.radius[0])), round(128 * spec.radius[1])
+            assert all(lo <= o.r <= hi for o in objs), (layout, [o.r for o in objs])
+            assert len({(o.shape, o.color) for o in objs}) == len(objs)
+            assert all(abs(a.x - b.x) >= a.r + b.r + 3 or abs(a.y - b.y) >= a.r + b.r + 3
+                       for i, a in enumerate(objs) for b in objs[i + 1:])
+            assert all(o.r + 1 <= o.x <= 128 - o.r - 2 and o.r + 1 <= o.y <= 128 - o.r - 2 for o in objs)
+        assert min(counts) >= spec.objects[0] - 1 and np.mean(counts) >= sum(spec.objects) / 2 - 1.5, (layout, counts)
+    # the encoder's pretraining scenes keep their single size range
+    radius = sample_task.RADIUS
+    objs = sample_task.make_scene(random.Random(2), 128, radius)
+    assert sample_task.NUM_OBJECTS[0] <= len(objs) <= sample_task.NUM_OBJECTS[1]
+    assert all(round(128 * radius[0]) <= o.r <= round(128 * radius[1]) for o in objs)
+
+
+def test_most_scenes_need_a_choice():
+    """The objects of most scenes cover more than 64 of the tiny encoder's 24x24 patches, while the
+    question names a minority of them: a 64-token selection cannot keep every object."""
+    n, layouts, over, minority, shares = 300, Counter(), 0, 0, []
+    for i in range(n):
+        meta, _ = make_sample("val", i, seed=7, size=128)
+        layouts[meta["layout"]] += 1
+        named, other = patch_masks(meta["objects"], (24, 24))  # as the token benchmark counts them
+        total = int((named | other).sum())
+        over += total > 64
+        minority += int(named.sum()) < total / 2
+        shares.append(int(named.sum()) / total)
+        if meta["answer_type"] == "number":
+            assert meta["answers"][0] in sample_task.NUMBERS  # counts stay in the vocabulary
+    assert set(layouts) == set(LAYOUTS) and min(layouts.values()) >= n // 10, layouts
+    assert over >= 0.85 * n, over
+    assert minority >= 0.85 * n and np.mean(shares) < 0.3, (minority, np.mean(shares))

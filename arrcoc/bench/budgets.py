@@ -50,17 +50,6 @@ def top_k_mask(scores: Tensor, budgets: Tensor | int) -> Tensor:
     return ranks < k[:, None]
 
 
-def per_sample_loss(answer_logits: Tensor, answer_targets: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    """Mean answer-token cross-entropy per sample [B] from a forward pass's supervised logits [M, V], targets
-    [M] and the packed labels [B, L] they were taken from (row-major order); NaN where a sample has no answer."""
-    supervised = labels[:, 1:] != ignore_index  # [B, L-1], the positions forward took logits at
-    rows = supervised.nonzero()[:, 0]  # [M] sample of each supervised token
-    ce = torch.nn.functional.cross_entropy(answer_logits.float(), answer_targets, reduction="none")  # [M]
-    total = torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, ce)
-    count = torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, torch.ones_like(ce))
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
-
-
 def smallest_sufficient_k(answers: Sequence[str], losses: Sequence[float], ks: Sequence[int],
                           tolerance: float) -> int:
     """One sample's oracle budget: the smallest ``k`` whose answer equals the answer with the largest ``k`` (all

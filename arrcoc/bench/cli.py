@@ -44,6 +44,9 @@ def tokens_main(argv: list[str]) -> int:
     p.add_argument("--means", type=float, nargs="+", default=[64, 128, 198, 300],
                    help="target mean budgets the head is moved to (default 64 128 198 300)")
     p.add_argument("--limit", type=int, default=None, help="at most this many validation samples")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help="only these methods (e.g. full fixed random swapped_selection; `scorer` for the single-scorer "
+                        "ablations); adaptive always runs. Default: every one")
     p.epilog = "Other options are config overrides, as for arrcoc validate (e.g. --data.eval_batch_size 32)."
     args, overrides = p.parse_known_args(argv)
     for path, flag in ((args.ckpt, "--ckpt"), (args.full_ckpt, "--full-ckpt")):
@@ -54,7 +57,7 @@ def tokens_main(argv: list[str]) -> int:
     model, dm = _build(args.config, args.ckpt, args.out, overrides)
     full_model = _build(args.config, args.full_ckpt, args.out, overrides)[0] if args.full_ckpt else None
     config = BenchConfig(means=tuple(args.means), oracle=args.oracle, oracle_tolerance=args.oracle_tolerance,
-                         limit=args.limit)
+                         limit=args.limit, methods=None if args.methods is None else tuple(args.methods))
     bench = TokenBench(model, config, full_model)
     bench.calibrate(dm.val_dataloader())
     records = bench.run(dm.val_dataloader())

@@ -5,7 +5,8 @@ be moved to each target mean by one constant over the whole set (:func:`~arrcoc.
 sample's budget never depends on its batch partners). The second answers every question once per method:
 
 * ``adaptive``: the learned ranking at the head's budgets (``head``: as trained; ``64``, ``128``, ...: shifted);
-* ``fixed``: the learned ranking with the same k for every sample (k = the target mean);
+* ``fixed``: the learned ranking with the same k for every sample (k = the target mean; at ``head``, the head's
+  mean budget over the split);
 * at the adaptive per-sample budgets: ``random``, ``grid``, ``pool`` (average pooling to the same count, no
   summary), ``cls_attention`` (the encoder's class-token attention; open_clip ViTs with pixels only),
   ``diversity`` (greedy max-min cosine distance), ``question_blind`` (the model's own scorers and balancer with the
@@ -29,17 +30,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from arrcoc.bench.budgets import ORACLE_KS, head_budgets, per_sample_loss, shift_for_mean, top_k_mask
+from arrcoc.bench.budgets import ORACLE_KS, head_budgets, shift_for_mean, top_k_mask
 from arrcoc.bench.selections import cls_attention_scores, diversity_scores, pool_tokens
 from arrcoc.data import model_inputs
 from arrcoc.metrics.vqa import vqa_soft_accuracy
 from arrcoc.model import ARRCOCModel, baseline_scores
-from arrcoc.processing import IGNORE_INDEX, patch_masks
+from arrcoc.processing import patch_masks
 
 log = logging.getLogger("arrcoc.bench")
 
 #: methods that keep the adaptive method's per-sample counts (``scorer:<name>`` are added per model)
 SAME_COUNT = ("random", "grid", "pool", "cls_attention", "diversity", "question_blind", "swapped_selection")
+#: every method name ``BenchConfig.methods`` may choose from (``scorer``: each ``scorer:<name>``)
+METHODS = ("full", "shuffled", "adaptive", "fixed", *SAME_COUNT, "scorer")
 
 
 @dataclass
@@ -53,6 +56,8 @@ class BenchConfig:
         oracle_tolerance: the oracle's loss tolerance (nats above the all-token loss).
         limit: evaluate at most this many samples (None: the whole split).
         max_new_tokens: answer length for greedy decoding.
+        methods: the method names to run (``full``, ``shuffled``, ``adaptive``, ``fixed``, the baselines,
+            ``scorer``); None runs every one.
     """
 
     means: tuple[float, ...] = (64, 128, 198, 300)
@@ -62,7 +67,18 @@ class BenchConfig:
     oracle_tolerance: float = 0.1
     limit: int | None = None
     max_new_tokens: int = 8
+    methods: tuple[str, ...] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.methods is not None:
+            unknown = sorted(set(self.methods) - set(METHODS))
+            if unknown:
+                raise ValueError(f"methods: unknown {unknown}; valid: {list(METHODS)}")
+
+    def runs(self, method: str) -> bool:
+        """Whether ``method`` (``scorer:<name>`` counts as ``scorer``) is measured."""
+        return self.methods is None or method.partition(":")[0] in self.methods
 
 
 def _valid_batches(batches: Iterable[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
@@ -83,6 +99,7 @@ class TokenBench:
         self.lo, self.hi = model.allocator.min_tokens, model.allocator.max_tokens
         self.n = model.encoder.num_patches
         self.shifts: dict[str, float] = {}
+        self.head_mean: float | None = None  # the head's mean budget over the split, as trained
         self._cls_ok = True
 
     # ------------------------------------------------------------------ shared per batch
@@ -113,6 +130,7 @@ class TokenBench:
             rel = self._relevance(inputs, pixels)
             logits.append(self.model.allocator.budget_logits(rel.relevance, rel.context)[batch["valid"]])
         every = torch.cat(logits)
+        self.head_mean = float(head_budgets(every, self.lo, self.hi).float().mean())
         self.shifts = {"head": 0.0} | {f"{m:g}": shift_for_mean(every, self.lo, self.hi, m) for m in self.config.means}
         return self.shifts
 
@@ -140,32 +158,37 @@ class TokenBench:
         logits = model.allocator.budget_logits(own.relevance, own.context)  # [B]
         rows: dict[str, tuple[list[str], Tensor]] = {}
 
-        rows["full@576"] = self._generate(inputs, full_tokens=True)
-        other = {k: inputs[k].roll(1, 0) for k in ("patch_features", "cls_features") if inputs.get(k) is not None}
-        rows["shuffled@576"] = self._generate(inputs | other, full_tokens=True)
+        if cfg.runs("full"):
+            rows["full@576"] = self._generate(inputs, full_tokens=True)
+        if cfg.runs("shuffled"):
+            other = {k: inputs[k].roll(1, 0) for k in ("patch_features", "cls_features") if inputs.get(k) is not None}
+            rows["shuffled@576"] = self._generate(inputs | other, full_tokens=True)
         if self.full_model is not None:
             full = self.full_model.generate(**model_inputs(batch), full_tokens=True,
                                             max_new_tokens=cfg.max_new_tokens)
             rows["full_trained@576"] = (full.texts, full.allocation.visual_tokens)
 
-        cls_scores = self._cls_scores(pixels)
-        div_scores = diversity_scores(inputs["patch_features"])  # [B, N]
-        rank_scores = {"cls_attention": cls_scores, "diversity": div_scores, "question_blind": blind.relevance,
-                       "swapped_selection": swapped.relevance}
+        rank_scores = {"cls_attention": self._cls_scores(pixels) if cfg.runs("cls_attention") else None,
+                       "diversity": diversity_scores(inputs["patch_features"]) if cfg.runs("diversity") else None,
+                       "question_blind": blind.relevance, "swapped_selection": swapped.relevance}
         rank_scores |= {f"scorer:{name}": own.maps[:, s] for s, name in enumerate(model.scorer_names)}
+        rank_scores = {name: scores for name, scores in rank_scores.items() if cfg.runs(name)}
         head_k = head_budgets(logits, self.lo, self.hi)
         for target, shift in self.shifts.items():
             budgets = head_budgets(logits, self.lo, self.hi, shift)  # [B]
-            rows[f"adaptive@{target}"] = self._generate(inputs, budget=budgets)
+            rows[f"adaptive@{target}"] = self._generate(inputs, budget=budgets)  # always: the others match its counts
             summary = rows[f"adaptive@{target}"][1] - budgets  # [B] summary tokens per sample
-            if target != "head":
-                rows[f"fixed@{target}"] = self._generate(inputs, budget=round(float(target)))
+            if cfg.runs("fixed"):
+                k = round(self.head_mean if target == "head" else float(target))
+                rows[f"fixed@{target}"] = self._generate(inputs, budget=min(max(k, 1), self.n))
             for name in ("random", "grid"):
-                rows[f"{name}@{target}"] = self._generate(inputs, budget=budgets, selection=name)
+                if cfg.runs(name):
+                    rows[f"{name}@{target}"] = self._generate(inputs, budget=budgets, selection=name)
             for name, scores in rank_scores.items():
                 if scores is not None:
                     rows[f"{name}@{target}"] = self._generate(inputs, budget=budgets, selection=scores)
-            rows[f"pool@{target}"] = self._pooled(batch, inputs, budgets + summary)
+            if cfg.runs("pool"):
+                rows[f"pool@{target}"] = self._pooled(batch, inputs, budgets + summary)
 
         head_scores = {"adaptive": own.relevance, "random": None, "grid": None} | rank_scores
         recall = self._question_use(batch, own.relevance, swapped.relevance, head_k, head_scores)
@@ -237,7 +260,7 @@ class TokenBench:
         for k in ks:
             texts, _ = self._generate(inputs, budget=k)
             out = self.model(**inputs, budget=k, return_logits=False)
-            losses = per_sample_loss(out.answer_logits, out.answer_targets, out.packed.labels, IGNORE_INDEX)
+            losses = out.sample_loss()
             for i, rec in enumerate(per_sample):
                 rec["answers"].append(texts[i])
                 rec["losses"].append(float(losses[i]))

@@ -55,6 +55,9 @@ class PhaseModule(L.LightningModule):
         eval_full_tokens: in validation and test, also answer with all patches (the baseline).
         max_nan_steps: consecutive non-finite losses tolerated (each step skipped on every rank);
             one more saves a checkpoint and stops the run (see :class:`~arrcoc.phases.guard.NonFiniteGuard`).
+        full_tokens: allocation off (every patch) or on; default: the phase's own (on, but for alignment).
+            With allocation off the allocation modules do not train: a phase run this way is the full-token
+            reference of the allocated one.
     """
 
     trainable: ClassVar[tuple[str, ...]] = ()
@@ -76,6 +79,7 @@ class PhaseModule(L.LightningModule):
         max_new_tokens: int = 8,
         eval_full_tokens: bool = False,
         max_nan_steps: int = 10,
+        full_tokens: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -86,6 +90,8 @@ class PhaseModule(L.LightningModule):
         if init_from is not None:
             self.load_report = load_weights(model, init_from)
         self.train_llm = (model.llm.name == TINY_LM) if train_llm is None else train_llm
+        if full_tokens is not None:
+            self.full_tokens = full_tokens  # this run's setting shadows the phase's default
         self.model.full_tokens = self.full_tokens
         self._freeze()
         self.val_acc, self.val_exact, self.val_acc_full = VQAAccuracy(), ExactMatch(), VQAAccuracy()
@@ -98,7 +104,9 @@ class PhaseModule(L.LightningModule):
 
     # ------------------------------------------------------------------ what learns
     def trainable_components(self) -> list[str]:
-        return [c for c in self.trainable if c in self.model.components() and (c != "llm" or self.train_llm)]
+        idle = {"scorers", "balancer", "allocator", "summary"} if self.full_tokens else set()  # allocation off
+        return [c for c in self.trainable
+                if c in self.model.components() and (c != "llm" or self.train_llm) and c not in idle]
 
     def _freeze(self) -> None:
         train = set(self.trainable_components())

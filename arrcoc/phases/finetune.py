@@ -11,7 +11,11 @@ from arrcoc.phases.relevance import RelevancePhase
 class FinetunePhase(RelevancePhase):
     """Fine-tunes the allocation with the projector, positions and LLM (``train_llm``; pretrained
     LLMs learn here at a low rate). Top encoder blocks can join through
-    :class:`~arrcoc.callbacks.EncoderFreezing`. Distillation is off unless ``distill_weight`` > 0.
+    :class:`~arrcoc.callbacks.EncoderFreezing`. The relevance phase's terms carry on (distillation is off unless
+    ``distill_weight`` > 0); give the model a ``budget_jitter`` so the LLM learns to answer at every budget.
+
+    With ``full_tokens: true`` this is the fair full-token reference: the same phase, steps and data with
+    allocation off (every patch; projector, positions and LLM learn, the allocation modules do not).
     """
 
     trainable: ClassVar[tuple[str, ...]] = ("scorers", "balancer", "allocator", "summary", "positions",
