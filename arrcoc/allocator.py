@@ -52,9 +52,9 @@ class TokenAllocator(nn.Module):
         temperature: softness of the threshold gate (relevance is standardised, so ~0.1..1).
         selection_noise: Gumbel noise scale added to relevance for the top-k in training only
             (exploration); 0 disables.
-        budget_jitter: share of samples whose hard budget is drawn uniformly from ``[min, max]`` in training
-            only (the head's ``k_soft`` and its losses are unchanged), so what comes after the allocator learns to
-            work at every budget; 0 disables.
+        budget_jitter: share of training batches whose hard budget is one k drawn uniformly from ``[min, max]``
+            for every sample (the head's ``k_soft`` and its losses are unchanged), so what comes after the
+            allocator learns to work at every budget; 0 disables. Training only.
         hidden: hidden width of the budget head.
         profile_points: how many ranks of the sorted relevance the budget head reads.
     """
@@ -159,9 +159,10 @@ class TokenAllocator(nn.Module):
             frac = torch.sigmoid(self.budget_logits(relevance, context))  # [B]
             k_soft = lo + frac * (hi - lo)  # [B]
             k = k_soft.detach().round().long().clamp(lo, hi)  # [B]
-            if self.training and self.budget_jitter > 0:
-                drawn = torch.randint(lo, hi + 1, (b,), device=k.device)
-                k = torch.where(torch.rand(b, device=k.device) < self.budget_jitter, drawn, k)
+            if self.training and self.budget_jitter > 0 and float(torch.rand(())) < self.budget_jitter:
+                # One draw for the whole batch: a batch is padded to its largest budget, so per-sample draws
+                # would cost the step of k = max almost every time.
+                k = torch.randint(lo, hi + 1, (), device=k.device).expand(b).clone()
         else:
             k = torch.as_tensor(budget, device=relevance.device).long().expand(b).clone()
             if bool(((k < 1) | (k > n)).any()):

@@ -31,7 +31,7 @@ from arrcoc.processing import majority_answer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOW = 64  # the allocator's minimum budget (about 11% of the 576 tokens)
 #: the token benchmark's methods the demo shows (adaptive always runs)
-METHODS = ("full", "shuffled", "fixed", "random", "grid", "question_blind", "swapped_selection")
+METHODS = ("full", "shuffled", "fixed", "random", "grid", "question_blind", "swapped_selection", "teacher")
 
 
 def _phase_args(phase: int, steps: int, out: Path, args, init_from: Path | None) -> list[str]:
@@ -94,7 +94,8 @@ def evaluate(model, datamodule) -> dict:
             "accuracy_by_type": {t: {k: row["by_type"].get(t) for k, row in points.items()} for t in types},
             "visual_tokens": {"mean": statistics.fmean(tokens), "min": min(tokens), "max": max(tokens)},
             "budget": summary["budget"], "fixed_k": round(bench.head_mean),
-            "question_use": summary["question_use"], "balancer": summary["balancer"].get("all"),
+            "question_use": summary["question_use"], "recall": summary["recall"],
+            "balancer": summary["balancer"].get("all"),
             "samples": len(records)}
 
 
@@ -159,6 +160,7 @@ def _print_table(r: dict, n: int) -> None:
             ("random, same budgets", "random@head"), ("grid, same budgets", "grid@head"),
             ("own scorers, question withheld", "question_blind@head"),
             ("another question's selection", "swapped_selection@head"),
+            ("all-token model's saliency (oracle)", "teacher@head"),
             (f"adaptive at mean {LOW}", f"adaptive@{LOW}"), (f"fixed k = {LOW}", f"fixed@{LOW}"),
             (f"random at mean {LOW}", f"random@{LOW}"), (f"grid at mean {LOW}", f"grid@{LOW}"),
             (f"another question's selection, {LOW}", f"swapped_selection@{LOW}")]
@@ -182,6 +184,9 @@ def _print_table(r: dict, n: int) -> None:
             label = "adaptive budgets" if k == "adaptive" else f"k = {k}"
             print(f"  {label:18s}{100 * q['recall_named']:6.1f}% / {100 * q['recall_other']:5.1f}% / "
                   f"{100 * q['recall_swapped']:5.1f}%")
+    if r.get("recall"):
+        print("named-object patches kept at the head's budgets, per ranking: "
+              + ", ".join(f"{m} {100 * v:.1f}%" for m, v in r["recall"].items()))
     if r.get("balancer"):
         print("balancer weights (mean): " + ", ".join(f"{s} {w['mean']:.2f}" for s, w in r["balancer"].items()))
     print(f"\nadaptive / all-token accuracy: {100 * a['adaptive@head'] / max(a['full@576'], 1e-9):.1f}%   "

@@ -139,7 +139,7 @@ class ARRCOCModel(nn.Module):
         budget_loss_weight: weight of the batch-mean budget constraint in ``loss``.
         gate_temperature: softness of the differentiable selection gate.
         selection_noise: Gumbel exploration noise on the top-k in training (0 = off).
-        budget_jitter: in training, the share of samples whose budget is drawn uniformly from
+        budget_jitter: in training, the share of batches whose budget is one k drawn uniformly from
             ``[min_tokens, max_tokens]`` instead of the head's, so the projector and LLM learn to answer at
             every k (Matryoshka-style); 0 = off.
         summary_grid: dropped patches are pooled into ``summary_grid**2`` context tokens; 0 = off.

@@ -11,6 +11,7 @@ from conftest import ROOT
 
 CONFIGS = [["configs/phase1.yaml"], ["configs/phase2.yaml"], ["configs/phase3.yaml"],
            ["configs/phase1.yaml", "configs/presets/eva02-l-qwen2.5-1.5b.yaml"],
+           ["configs/phase3.yaml", "configs/ablations/full-tokens.yaml"],
            ["configs/phase3.yaml", "configs/presets/eva02-l-qwen2.5-1.5b.yaml", "configs/presets/deepspeed.yaml"]]
 
 
@@ -51,6 +52,17 @@ def test_print_config_round_trips(capsys, configs, tmp_path):
     code, second, err = run(capsys, "fit", "--config", str(tmp_path / "c.yaml"), "--print_config")
     assert code == 0, err[-3000:]
     assert yaml.safe_load(second) == yaml.safe_load(first)
+
+
+def test_the_full_token_layer_trains_phase_3_with_every_patch_in_its_own_directory(capsys):
+    code, out, err = run(capsys, "fit", "--config", config("configs/phase3.yaml"), "--config",
+                         config("configs/ablations/full-tokens.yaml"), "--print_config")
+    assert code == 0, err[-3000:]
+    cfg = yaml.safe_load(out)
+    assert cfg["model"]["class_path"].endswith("FinetunePhase") and cfg["model"]["init_args"]["full_tokens"] is True
+    phase3 = yaml.safe_load((ROOT / "configs/phase3.yaml").read_text())
+    assert cfg["trainer"]["max_steps"] == phase3["trainer"]["max_steps"]  # the same steps as the allocated run
+    assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "runs/phase3-full/checkpoints"
 
 
 def test_interpolation_follows_overrides(capsys):

@@ -19,7 +19,7 @@ def test_demo_compares_the_variants_on_a_trained_model(chain, tmp_path):
     acc = results["accuracy"]
     targets = ("head", "64")
     assert set(acc) == {"full@576", "shuffled@576", "majority"} | {
-        f"{m}@{t}" for m in ("adaptive", "fixed", "random", "grid", "question_blind", "swapped_selection")
+        f"{m}@{t}" for m in ("adaptive", "fixed", "random", "grid", "question_blind", "swapped_selection", "teacher")
         for t in targets}
     assert all(0.0 <= v <= 1.0 for v in acc.values()) and results["samples"] == 24
     vt = results["visual_tokens"]

@@ -11,7 +11,8 @@ sample's budget never depends on its batch partners). The second answers every q
   summary), ``cls_attention`` (the encoder's class-token attention; open_clip ViTs with pixels only),
   ``diversity`` (greedy max-min cosine distance), ``question_blind`` (the model's own scorers and balancer with the
   question withheld), ``scorer:<name>`` (one scorer's map alone: the balancer ablated), ``swapped_selection`` (the
-  tokens chosen for the next sample's question, answering the sample's own question);
+  tokens chosen for the next sample's question, answering the sample's own question), ``teacher`` (the relevance
+  phase's target: the all-token model's gradient saliency for the reference answer, an oracle ranking);
 * ``full`` (all patches), ``shuffled`` (all patches of the next sample's image), ``full_trained`` (another
   checkpoint, all patches) and, with the oracle, its per-sample answers and losses at each k.
 
@@ -35,12 +36,14 @@ from arrcoc.bench.selections import cls_attention_scores, diversity_scores, pool
 from arrcoc.data import model_inputs
 from arrcoc.metrics.vqa import vqa_soft_accuracy
 from arrcoc.model import ARRCOCModel, baseline_scores
+from arrcoc.phases.objectives import full_token_teacher
 from arrcoc.processing import patch_masks
 
 log = logging.getLogger("arrcoc.bench")
 
 #: methods that keep the adaptive method's per-sample counts (``scorer:<name>`` are added per model)
-SAME_COUNT = ("random", "grid", "pool", "cls_attention", "diversity", "question_blind", "swapped_selection")
+SAME_COUNT = ("random", "grid", "pool", "cls_attention", "diversity", "question_blind", "swapped_selection",
+              "teacher")
 #: every method name ``BenchConfig.methods`` may choose from (``scorer``: each ``scorer:<name>``)
 METHODS = ("full", "shuffled", "adaptive", "fixed", *SAME_COUNT, "scorer")
 
@@ -170,7 +173,8 @@ class TokenBench:
 
         rank_scores = {"cls_attention": self._cls_scores(pixels) if cfg.runs("cls_attention") else None,
                        "diversity": diversity_scores(inputs["patch_features"]) if cfg.runs("diversity") else None,
-                       "question_blind": blind.relevance, "swapped_selection": swapped.relevance}
+                       "question_blind": blind.relevance, "swapped_selection": swapped.relevance,
+                       "teacher": self._teacher(inputs) if cfg.runs("teacher") else None}
         rank_scores |= {f"scorer:{name}": own.maps[:, s] for s, name in enumerate(model.scorer_names)}
         rank_scores = {name: scores for name, scores in rank_scores.items() if cfg.runs(name)}
         head_k = head_budgets(logits, self.lo, self.hi)
@@ -194,6 +198,18 @@ class TokenBench:
         recall = self._question_use(batch, own.relevance, swapped.relevance, head_k, head_scores)
         oracle = self._oracle(batch, inputs) if cfg.oracle else None
         return self._records(batch, rows, recall, oracle, own.weights, head_k)
+
+    def _teacher(self, inputs: dict[str, Any]) -> Tensor | None:
+        """The relevance phase's target: where the all-token answer loss depends on each patch (gradient saliency;
+        it reads the reference answer, so it is an oracle ranking, not a deployable one). How well it keeps the
+        named objects says whether this model's LLM can teach a selection to follow the question at all."""
+        if inputs.get("labels") is None:
+            return None
+        with torch.no_grad():
+            out = self.model(**inputs, full_tokens=True, return_logits=False)
+        if out.answer_logits is None or out.answer_logits.numel() == 0:
+            return None
+        return full_token_teacher(self.model, inputs, out, saliency=True).saliency
 
     def _cls_scores(self, pixels: Tensor | None) -> Tensor | None:
         if not self._cls_ok:
