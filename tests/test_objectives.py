@@ -195,3 +195,35 @@ def test_a_full_token_finetune_is_the_reference_and_trains_no_allocation():
     out = phase.model(**inputs, return_logits=False)
     assert set(phase.compute_losses(inputs, out)) == {"loss", "lm_loss"}
     assert int(out.allocation.visual_tokens.min()) == phase.model.encoder.num_patches
+
+
+def test_the_sufficiency_tolerance_resumes_from_a_checkpoint():
+    model = ARRCOCModel()
+    phase = RelevancePhase(model)
+    phase.need.labels(torch.tensor([[1.0, 0.5, 0.2], [0.0, 0.0, 0.0]]), 576, target=198.0, lo=64, hi=400)
+    checkpoint: dict = {}
+    phase.on_save_checkpoint(checkpoint)
+    resumed = RelevancePhase(model)
+    assert resumed.need.tau is None
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.need.tau == phase.need.tau is not None
+
+
+def test_alignment_trains_part_of_its_batches_on_random_subsets():
+    from arrcoc.phases import AlignPhase
+
+    torch.manual_seed(0)
+    model = ARRCOCModel()
+    inputs = model_inputs(make_batch(model, n=4))
+    tokens = set()
+    phase = AlignPhase(model, subset_share=1.0)
+    for _ in range(5):
+        out = model(**inputs, **phase.forward_kwargs(inputs), return_logits=False)
+        budgets = out.allocation.budget.tolist()
+        assert len(set(budgets)) == 1 and 64 <= budgets[0] <= 400  # one k for the batch, in the allocator's bounds
+        assert set(phase.compute_losses(inputs, out)) == {"loss", "lm_loss"}
+        tokens.add(budgets[0])
+    assert len(tokens) > 1
+    assert AlignPhase(model, subset_share=0.0).forward_kwargs(inputs) == {}  # all patches
+    with pytest.raises(ValueError, match="subset_share"):
+        AlignPhase(model, subset_share=2.0)

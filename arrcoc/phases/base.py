@@ -7,6 +7,7 @@ A phase (subclass of :class:`PhaseModule`) declares:
 * ``full_tokens``: whether the phase runs with allocation off (all patches).
 * ``default_lr``: learning rate per trainable component (overridable with ``lr``).
 * ``compute_losses(inputs, out)``: a dict with ``loss`` (what is optimised) and any parts to log.
+* optionally ``forward_kwargs(inputs)``: extra arguments of a training step's forward pass.
 
 The base owns freezing, the optimizer groups and the learning-rate schedule, the evaluation steps and
 their metrics, and wires in the units beside it: ``init_from`` (:mod:`~arrcoc.phases.weights`), the
@@ -183,9 +184,13 @@ class PhaseModule(L.LightningModule):
             losses["budget_loss"] = out.budget_loss
         return losses
 
+    def forward_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Extra arguments of this training step's forward pass (a budget, a selection); none by default."""
+        return {}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         inputs = model_inputs(batch)
-        out = self.model(**inputs, return_logits=False)
+        out = self.model(**inputs, **self.forward_kwargs(inputs), return_logits=False)
         losses = self.compute_losses(inputs, out)
         loss = losses["loss"]
         skip = self.nan_guard.check(self, loss)
