@@ -95,6 +95,7 @@ def evaluate(model, datamodule) -> dict:
             "visual_tokens": {"mean": statistics.fmean(tokens), "min": min(tokens), "max": max(tokens)},
             "budget": summary["budget"], "fixed_k": round(bench.head_mean),
             "question_use": summary["question_use"], "recall": summary["recall"],
+            "recall_other": summary["recall_other"],
             "balancer": summary["balancer"].get("all"),
             "samples": len(records)}
 
@@ -185,8 +186,9 @@ def _print_table(r: dict, n: int) -> None:
             print(f"  {label:18s}{100 * q['recall_named']:6.1f}% / {100 * q['recall_other']:5.1f}% / "
                   f"{100 * q['recall_swapped']:5.1f}%")
     if r.get("recall"):
-        print("named-object patches kept at the head's budgets, per ranking: "
-              + ", ".join(f"{m} {100 * v:.1f}%" for m, v in r["recall"].items()))
+        print("per ranking at the head's budgets, named / other objects' patches kept: "
+              + ", ".join(f"{m} {100 * v:.1f} / {100 * r['recall_other'].get(m, 0):.1f}%"
+                          for m, v in r["recall"].items()))
     if r.get("balancer"):
         print("balancer weights (mean): " + ", ".join(f"{s} {w['mean']:.2f}" for s, w in r["balancer"].items()))
     print(f"\nadaptive / all-token accuracy: {100 * a['adaptive@head'] / max(a['full@576'], 1e-9):.1f}%   "

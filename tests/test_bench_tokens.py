@@ -140,7 +140,10 @@ def test_question_use_counts_the_named_and_other_objects_patches(bench_run):
     named, kept_named, other, kept_other, kept_swapped = rec["64"]
     assert named == 36 and other == 144  # a 6x6 and a 12x12 block of the 24x24 grid
     assert 0 <= kept_named <= named and 0 <= kept_other <= other and 0 <= kept_swapped <= named
-    assert set(rec["methods"]) >= {"adaptive", "random", "grid", "diversity", "question_blind"}
+    assert set(rec["methods"]) >= {"adaptive", "random", "grid", "diversity", "question_blind", "teacher"}
+    for named_kept, other_kept in rec["methods"].values():  # each ranking at the head's budget
+        assert 0 <= named_kept <= named and 0 <= other_kept <= other
+    assert rec["methods"]["adaptive"] == [rec["adaptive"][1], rec["adaptive"][3]]
 
 
 def test_the_report_is_well_formed(bench_run, tmp_path):
@@ -148,7 +151,9 @@ def test_the_report_is_well_formed(bench_run, tmp_path):
     summary = summarize(records, list(model.scorer_names), "arrcoc bench tokens --test", 0.1, bench.config.notes)
     write(summary, tmp_path)
     data = json.loads((tmp_path / "tokens.json").read_text())  # strict JSON: no NaN
-    assert set(data) >= {"methods", "budget", "recall", "balancer", "question_use", "samples", "command", "oracle"}
+    assert set(data) >= {"methods", "budget", "recall", "recall_other", "balancer", "question_use", "samples",
+                         "command", "oracle"}
+    assert set(data["recall"]) == set(data["recall_other"]) >= {"adaptive", "teacher"}
     for rows in data["methods"].values():
         for row in rows:
             assert set(row) >= {"mean_tokens", "accuracy", "stderr", "by_type"}

@@ -78,14 +78,15 @@ def question_use(records: list[dict[str, Any]]) -> dict[str, dict[str, float]] |
     return out
 
 
-def method_recall(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Named-object recall of each selection method at the head's budgets."""
+def method_recall(records: list[dict[str, Any]], which: int = 0) -> dict[str, float]:
+    """Each selection method's recall at the head's budgets: of the named objects' patches (``which=0``) or of the
+    other objects' (``which=1``)."""
     with_objects = [r["recall"] for r in records if r.get("recall")]
-    named = sum(r["adaptive"][0] for r in with_objects)
-    if not named:
+    total = sum(r["adaptive"][2 * which] for r in with_objects)  # named or other patches
+    if not total:
         return {}
     names = sorted({m for r in with_objects for m in r["methods"]})
-    return {m: sum(r["methods"].get(m, 0) for r in with_objects) / named for m in names}
+    return {m: sum(r["methods"][m][which] for r in with_objects if m in r["methods"]) / total for m in names}
 
 
 def balancer(records: list[dict[str, Any]], scorer_names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -155,7 +156,8 @@ def summarize(records: list[dict[str, Any]], scorer_names: list[str], command: s
     return {"methods": methods_table(records),
             "budget": {"p10": _quantile(budgets, 0.1), "p50": _quantile(budgets, 0.5), "p90": _quantile(budgets, 0.9),
                        "mean": statistics.fmean(budgets), "spearman_oracle": rho},
-            "recall": method_recall(records), "balancer": balancer(records, scorer_names),
+            "recall": method_recall(records), "recall_other": method_recall(records, which=1),
+            "balancer": balancer(records, scorer_names),
             "question_use": question_use(records), "oracle": orc, "samples": len(records), "command": command,
             "notes": notes}
 
@@ -203,8 +205,9 @@ def markdown(summary: dict[str, Any]) -> str:
         for k, r in summary["question_use"].items():
             lines.append(f"| {k} | {_fmt(r['recall_named'])} | {_fmt(r['recall_other'])} | "
                          f"{_fmt(r['recall_swapped'])} |")
-        lines += ["", "Named-object recall of each selection at the head's budgets: "
-                  + ", ".join(f"{m} {_fmt(v)}" for m, v in summary["recall"].items()) + "."]
+        lines += ["", "Each ranking at the head's budgets, share of the named / the other objects' patches kept: "
+                  + ", ".join(f"{m} {_fmt(v)} / {_fmt(summary['recall_other'].get(m))}"
+                              for m, v in summary["recall"].items()) + "."]
     lines += ["", "Balancer weights (mean ± spread across samples):", "",
               "| type | " + " | ".join(next(iter(summary["balancer"].values()))) + " |",
               "| --- |" + " ---: |" * len(next(iter(summary["balancer"].values())))]

@@ -261,7 +261,7 @@ class TokenBench:
             if scores is not None:
                 keep = top_k_mask(scores, head_k)
                 for i in range(b):
-                    out[i]["methods"][name] = int((keep[i] & named[i]).sum())
+                    out[i]["methods"][name] = [int((keep[i] & named[i]).sum()), int((keep[i] & other[i]).sum())]
         for label, k in [*((str(k), k) for k in self.config.recall_ks), ("adaptive", head_k)]:
             keep, keep_swapped = top_k_mask(own, k), top_k_mask(swapped, k)  # [B, N]
             for i in range(len(objects)):
