@@ -34,7 +34,7 @@ def test_each_phase_trains_what_it_should(chain):
     assert "init_from" in chain["log2"] and "projector loaded" in chain["log2"]
 
 
-def test_phase1_aligns_with_all_tokens_and_leaves_allocation_alone(chain, tmp_path):
+def test_phase1_aligns_with_all_tokens_or_random_subsets_and_leaves_allocation_alone(chain, tmp_path):
     from arrcoc.train.cli import build_cli
 
     # the same config and seed rebuild phase 1's starting weights
@@ -48,7 +48,8 @@ def test_phase1_aligns_with_all_tokens_and_leaves_allocation_alone(chain, tmp_pa
         assert keys and all(torch.equal(p1[k], init[k]) for k in keys), f"{prefix} should be untouched"
     rows = list(csv.DictReader(open(next((chain[1] / "logs").rglob("metrics.csv")))))
     tokens = {float(r["train/visual_tokens"]) for r in rows if r.get("train/visual_tokens")}
-    assert tokens == {576.0}
+    # every patch, or (subset_share: 0.5) one random k in [64, 400] for the batch plus the summary token
+    assert tokens and all(t == 576.0 or 65.0 <= t <= 401.0 for t in tokens), tokens
     assert "trainable parameters at fit start" in chain["log1"]  # every phase config prints the table
 
 
