@@ -37,12 +37,11 @@ def main(ckpt: str, batches: int = 4) -> None:
             break
         inputs = model_inputs(batch)
         with torch.no_grad():
-            out = model(**inputs, full_tokens=True, return_logits=False)
-        own = full_token_teacher(model, inputs, out, saliency=True).saliency  # [B, N]
+            seen = model.encoder(inputs["pixel_values"])  # encoded once, for both questions
+        feats, cls = seen.flat(), seen.cls  # [B, N, D], [B, D]
+        own = full_token_teacher(model, inputs, feats, cls, saliency=True).saliency  # [B, N]
         other_q = inputs | {k: inputs[k].roll(1, 0) for k in TEXT}  # the next sample's question and answer
-        seen = model(**(other_q | {"patch_features": out.patch_features, "cls_features": out.cls_features}),
-                     full_tokens=True, return_logits=False)
-        swapped = full_token_teacher(model, other_q, seen, saliency=True).saliency
+        swapped = full_token_teacher(model, other_q, feats, cls, saliency=True).saliency
         for b, objs in enumerate(batch["objects"]):
             named, other = patch_masks(objs, model.encoder.grid)
             if not named.any():

@@ -41,7 +41,7 @@ def test_the_teacher_reuses_the_features_and_gives_a_distribution(shared_tiny_mo
     with torch.no_grad():
         out = model(**inputs, budget=64, return_logits=False)
         full = model(**inputs, full_tokens=True, return_logits=False)
-    teacher = full_token_teacher(model, inputs, out, saliency=True)
+    teacher = full_token_teacher(model, inputs, out.patch_features, out.cls_features, saliency=True)
     torch.testing.assert_close(teacher.answer_logits, full.answer_logits)
     torch.testing.assert_close(teacher.sample_loss, full.sample_loss())
     assert teacher.saliency.shape == (3, model.encoder.num_patches)

@@ -205,11 +205,10 @@ class TokenBench:
         named objects says whether this model's LLM can teach a selection to follow the question at all."""
         if inputs.get("labels") is None:
             return None
-        with torch.no_grad():
-            out = self.model(**inputs, full_tokens=True, return_logits=False)
-        if out.answer_logits is None or out.answer_logits.numel() == 0:
-            return None
-        return full_token_teacher(self.model, inputs, out, saliency=True).saliency
+        # the batch's encoder features (``_seen``): the encoder does not run again; a batch without answer tokens
+        # has no gradient and gets a uniform ranking
+        return full_token_teacher(self.model, inputs, inputs["patch_features"], inputs.get("cls_features"),
+                                  saliency=True).saliency
 
     def _cls_scores(self, pixels: Tensor | None) -> Tensor | None:
         if not self._cls_ok:

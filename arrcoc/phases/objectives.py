@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from arrcoc.model import ARRCOCModel, ARRCOCOutput
+from arrcoc.model import ARRCOCModel
 
 
 @dataclass
@@ -37,21 +37,22 @@ class Teacher:
     saliency: Tensor | None  # [B, N] a distribution over patches (None when not asked for)
 
 
-def full_token_teacher(model: ARRCOCModel, inputs: dict[str, Any], out: ARRCOCOutput, saliency: bool) -> Teacher:
-    """The model with all patches on the step's batch, reusing the encoder features of ``out`` (the encoder
-    does not run again). With ``saliency``, also the gradient of its answer loss with respect to the patch
-    features (the only gradient taken: no parameter receives one)."""
-    feats = out.patch_features.detach()  # [B, N, D]
-    cls = None if out.cls_features is None else out.cls_features.detach()
+def full_token_teacher(model: ARRCOCModel, inputs: dict[str, Any], patch_features: Tensor,
+                       cls_features: Tensor | None, saliency: bool) -> Teacher:
+    """The model with all patches on a batch, from encoder features already computed (``patch_features``
+    [B, N, D], ``cls_features`` [B, D]: the training step's, so the encoder does not run again). With
+    ``saliency``, also the gradient of its answer loss with respect to the patch features (the only gradient
+    taken: no parameter receives one)."""
+    feats = patch_features.detach()  # [B, N, D]
+    cls = None if cls_features is None else cls_features.detach()
+    seen = {**inputs, "patch_features": feats, "cls_features": cls}
     if not saliency:
         with torch.no_grad():
-            full = model(**{**inputs, "patch_features": feats, "cls_features": cls}, full_tokens=True,
-                         return_logits=False)
+            full = model(**seen, full_tokens=True, return_logits=False)
         return Teacher(full.answer_logits.detach(), full.sample_loss().detach(), None)
-    feats = feats.clone().requires_grad_(True)
+    seen["patch_features"] = feats = feats.clone().requires_grad_(True)
     with torch.enable_grad():
-        full = model(**{**inputs, "patch_features": feats, "cls_features": cls}, full_tokens=True,
-                     return_logits=False)
+        full = model(**seen, full_tokens=True, return_logits=False)
         (grad,) = torch.autograd.grad(full.lm_loss, feats)  # [B, N, D]
     return Teacher(full.answer_logits.detach(), full.sample_loss().detach(), patch_saliency(grad, feats.detach()))
 
@@ -106,14 +107,15 @@ class SufficiencyLabels:
         self.ks, self.momentum = ks, momentum
         self.tau: float | None = None  # nats above the full-token loss; restored from checkpoints
 
-    def deficits(self, model: ARRCOCModel, inputs: dict[str, Any], out: ARRCOCOutput, full_loss: Tensor) -> Tensor:
-        """[B, K]: each sample's answer loss at each budget (the learned ranking, summary included) minus its
-        full-token loss ``full_loss`` [B]."""
-        n = out.patch_features.shape[1]
+    def deficits(self, model: ARRCOCModel, inputs: dict[str, Any], patch_features: Tensor,
+                 cls_features: Tensor | None, full_loss: Tensor) -> Tensor:
+        """[B, K]: each sample's answer loss at each budget (the learned ranking, summary included), from encoder
+        features already computed, minus its full-token loss ``full_loss`` [B]."""
+        n = patch_features.shape[1]
         if self.ks[-1] >= n:
             raise ValueError(f"need_ks={self.ks} must lie below the encoder's {n} patches")
-        seen = {**inputs, "patch_features": out.patch_features.detach(),
-                "cls_features": None if out.cls_features is None else out.cls_features.detach()}
+        seen = {**inputs, "patch_features": patch_features.detach(),
+                "cls_features": None if cls_features is None else cls_features.detach()}
         with torch.no_grad():
             losses = [model(**seen, budget=k, return_logits=False).sample_loss() for k in self.ks]  # K x [B]
         return torch.stack(losses, 1) - full_loss[:, None]  # [B, K]

@@ -79,7 +79,8 @@ class RelevancePhase(PhaseModule):
                 total = total + self.balance_weight * losses["balance"]
         answers = out.answer_logits is not None and out.answer_logits.numel() > 0
         if answers and (self.distill_weight > 0 or self.relevance_weight > 0 or self.need_weight > 0):
-            teacher = full_token_teacher(self.model, inputs, out, saliency=self.relevance_weight > 0)
+            teacher = full_token_teacher(self.model, inputs, out.patch_features, out.cls_features,
+                                         saliency=self.relevance_weight > 0)
             if self.distill_weight > 0:
                 t = self.distill_temperature
                 losses["distill"] = F.kl_div((out.answer_logits / t).log_softmax(-1),
@@ -92,7 +93,8 @@ class RelevancePhase(PhaseModule):
             if self.need_weight > 0:
                 allocator = self.model.allocator
                 lo, hi = allocator.min_tokens, allocator.max_tokens
-                deficits = self.need.deficits(self.model, inputs, out, teacher.sample_loss)  # [B, K]
+                deficits = self.need.deficits(self.model, inputs, out.patch_features, out.cls_features,
+                                               teacher.sample_loss)  # [B, K]
                 labels = self.need.labels(deficits, allocator.num_patches, allocator.target_tokens, lo, hi)
                 losses["need"] = need_loss(alloc.budget_soft, labels, lo, hi)
                 losses["need_tau"] = out.lm_loss.new_tensor(self.need.tau)
