@@ -8,7 +8,7 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 
 COMMANDS = {
     "demo": ("arrcoc.demo", "train phases 1 -> 2 -> 3 on the tiny preset, then compare token budgets"),
-    "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards"),
+    "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards; cache encoder features"),
     "bench": ("arrcoc.bench.cli", "benchmarks: `bench tokens` (accuracy per visual token vs equal-token baselines)"),
     "pretrain-encoder": ("arrcoc.pretrain.encoder", "pretrain the embedded tiny encoder on the sample task"),
     "pretrain-lm": ("arrcoc.pretrain.lm", "pretrain the embedded tiny LLM on the sample task's questions, in words"),
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from arrcoc.train.cli import main as lightning_main
 
         return lightning_main(argv if explicit else None)
+    if name == "data" and rest[:1] == ["cache-features"]:  # runs the encoder: model code, so not in arrcoc.data
+        from arrcoc.cache_features import main as cache_main
+
+        return int(cache_main(rest[1:]) or 0)
     if name not in COMMANDS:
         valid = ", ".join(list(LIGHTNING) + list(COMMANDS))
         print(f"arrcoc: unknown command {name!r}; valid: {valid}", file=sys.stderr)

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=2, help="loader workers for the total (default 2)")
     b.add_argument("--samples", type=int, default=2000, help="samples per measurement (default 2000)")
     b.add_argument("--batch-size", type=int, default=32)
+
+    # Listed here for `arrcoc data --help`; it runs the encoder (model code, which the data package does not
+    # import), so the `arrcoc` entry point hands it to arrcoc.cache_features before this parser sees it.
+    sub.add_parser("cache-features", add_help=False,
+                   help="run the frozen encoder once and write a feature cache (arrcoc data cache-features --help)")
     return parser
 
 
@@ -66,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "cache-features":
+            print("arrcoc data: run cache-features through the arrcoc command: arrcoc data cache-features --help")
+            return 2
         return {"convert": _convert, "sample": _sample, "inspect": _inspect, "bench": _bench}[args.command](args)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"arrcoc data {args.command}: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@ from filelock import FileLock
 from torch.utils.data import IterableDataset
 
 from arrcoc.data.collate import collate_vqa
+from arrcoc.data.features import FeatureStamp, check_stamp, is_cache
 from arrcoc.data.preprocess import VQAPreprocessor
 from arrcoc.data.prompt import VQA_INSTRUCTION, VQAPromptBuilder
 from arrcoc.data.sample_task import SampleTaskConfig, write_split
@@ -104,6 +105,7 @@ class VQADataModule(L.LightningDataModule):
         self.skip_tables: dict[str, StatsTable] = {"train": {}, "eval": {}}  # filled by the loaders
         self._epochs = 0
         self._resume: dict[str, int] | None = None
+        self.feature_caches: dict[str, FeatureStamp] = {}  # directory -> stamp, for sources that are caches
 
     # ------------------------------------------------------------------ set-up
     def prepare_data(self) -> None:
@@ -134,9 +136,25 @@ class VQADataModule(L.LightningDataModule):
                 self.sources[split] = [resolve(s) for s in specs]
         hp = self.hparams
         self.transform = build_transform(hp.encoder, hp.encoder_pretrained)
+        self._check_feature_caches()
         self.tokenizer = build_tokenizer(hp.llm, trust_remote_code=hp.trust_remote_code)
         self.prompt = VQAPromptBuilder(self.tokenizer, hp.instruction, hp.max_question_tokens, hp.image_first)
         self.image_size = transform_size(hp.encoder, hp.encoder_pretrained)  # (H, W)
+
+    def _check_feature_caches(self) -> None:
+        """Every source that is a feature cache (``arrcoc data cache-features``) must come from this run's
+        encoder, pretrained weights and image transform; ``feature_caches`` maps each one to its stamp (the
+        training phase checks the encoder layer against the model's, which the data module does not know)."""
+        expected = {"encoder": self.hparams.encoder, "pretrained": self.hparams.encoder_pretrained,
+                    "transform": repr(self.transform)}
+        for split, sources in self.sources.items():
+            for src in sources:
+                for directory in sorted({os.path.dirname(os.path.abspath(u)) for u in src.urls}):
+                    if is_cache(directory) and directory not in self.feature_caches:
+                        self.feature_caches[directory] = check_stamp(directory, expected)
+                        log.info("%s: feature cache %s (%s, layer %d, %s)", split, directory,
+                                 self.hparams.encoder, self.feature_caches[directory].layer,
+                                 self.feature_caches[directory].dtype)
 
     @property
     def rank(self) -> int:

@@ -36,6 +36,7 @@ class VQAPreprocessor:
         self.image_size = image_size
         self.crop = crop
         self._feature_shape: tuple[int, ...] | None = None
+        self._cls_shape: tuple[int, ...] | None = None
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         answers = sample["answers"]
@@ -48,6 +49,9 @@ class VQAPreprocessor:
                 raise BadSample("bad_features", f"expected [N, D] features, got shape {tuple(feats.shape)}")
             out["patch_features"] = feats  # [N, D]
             self._feature_shape = tuple(feats.shape)
+            if "cls_features" in sample:  # from a feature cache of an encoder with a class token
+                out["cls_features"] = torch.from_numpy(sample["cls_features"]).float()  # [D]
+                self._cls_shape = tuple(out["cls_features"].shape)
         else:
             try:
                 out["pixel_values"] = self.transform(sample["image"])  # [3, S, S]
@@ -76,12 +80,16 @@ class VQAPreprocessor:
         """Make placeholders look like the source's samples (image or cached features) up front."""
         if sample is not None and "features" in sample:
             self._feature_shape = tuple(sample["features"].shape)
+            if "cls_features" in sample:
+                self._cls_shape = tuple(sample["cls_features"].shape)
 
     def placeholder(self) -> dict[str, Any]:
         """A stand-in that keeps batch counts equal; ``valid=False`` keeps it out of every metric."""
         out = self.prompt("", None)
         if self._feature_shape is not None:
             out["patch_features"] = torch.zeros(self._feature_shape)
+            if self._cls_shape is not None:
+                out["cls_features"] = torch.zeros(self._cls_shape)
         else:
             out["pixel_values"] = torch.zeros(3, *self.image_size)
         if self.crop is not None:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from arrcoc.data.features import lookup
+
 log = logging.getLogger("arrcoc.data")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -122,11 +124,16 @@ class ShardWriter:
 
     def write(self, key: str, meta: dict[str, Any], image: bytes | None = None, image_ext: str = "jpg",
               features: np.ndarray | None = None) -> None:
-        """One sample: its json, and an encoded image or a feature array."""
+        """One sample: its json, and an encoded image or a feature array — or its json alone, when it
+        names its image's row in the directory's feature cache (``meta["feature_index"]``, see
+        :mod:`arrcoc.data.features`)."""
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-        if (image is None) == (features is None):
-            raise ValueError("a sample needs exactly one of image bytes or a feature array")
+        if "feature_index" in meta:
+            if image is not None or features is not None:
+                raise ValueError("a feature_index sample carries no image and no feature array")
+        elif (image is None) == (features is None):
+            raise ValueError("a sample needs exactly one of image bytes or a feature array (or a feature_index)")
         validate_meta(meta)
         if self._tar is None:
             name = f"{self.prefix}-{len(self.shards):06d}.tar"
@@ -138,7 +145,7 @@ class ShardWriter:
             if image_ext not in IMAGE_EXTS:
                 raise ValueError(f"image_ext={image_ext!r}; valid: {IMAGE_EXTS}")
             self._add(f"{key}.{image_ext}", image)
-        else:
+        elif features is not None:
             buf = io.BytesIO()
             np.save(buf, np.asarray(features), allow_pickle=False)
             self._add(f"{key}.{FEATURE_EXT}", buf.getvalue())
@@ -284,7 +291,8 @@ def _open_image(data: bytes) -> Image.Image:
 
 
 def decode(raw: RawSample) -> dict[str, Any]:
-    """RawSample -> dict with ``image`` (PIL) or ``features`` (ndarray), plus the json fields.
+    """RawSample -> dict with ``image`` (PIL) or ``features`` (ndarray; and ``cls_features`` from a feature
+    cache whose encoder has a class token), plus the json fields.
 
     Only images, json and ``.npy`` (without pickle) are decoded; any other payload (``.pth``,
     ``.pickle``, ...) is ignored, never loaded. Raises BadSample with a countable reason.
@@ -312,6 +320,13 @@ def decode(raw: RawSample) -> dict[str, Any]:
             out["features"] = np.load(io.BytesIO(raw.files[FEATURE_EXT]), allow_pickle=False)
         except Exception as err:  # noqa: BLE001
             raise BadSample("bad_features", str(err)) from err
+    elif "feature_index" in meta:  # its image's row in the directory's feature cache
+        try:
+            out["features"], cls = lookup(raw.url, meta["feature_index"])
+        except LookupError as err:
+            raise BadSample("bad_features", str(err)) from err
+        if cls is not None:
+            out["cls_features"] = cls
     else:
         raise BadSample("missing_image")
     return out

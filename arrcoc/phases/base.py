@@ -151,14 +151,34 @@ class PhaseModule(L.LightningModule):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, dict) and batch.get("patch_features") is not None and not self.model.encoder.frozen:
+            trainable = [n for n, p in self.model.encoder.named_parameters() if p.requires_grad]
+            raise ValueError(
+                f"the training data are cached encoder features (a feature cache), but the encoder trains "
+                f"({len(trainable)} parameters, e.g. {trainable[0]!r}): the cached features would be stale and the "
+                "encoder would get no gradient. Train from images (point data.train at image shards) or keep the "
+                "encoder frozen (the EncoderFreezing callback's schedule: [])")
         factor = self.lr_factor(self.global_step)
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * group.get("scale", 1.0) * factor
 
     def on_fit_start(self) -> None:
+        self.check_feature_caches(getattr(self.trainer, "datamodule", None))
         self.nan_guard.on_fit_start()  # nothing carried over from an earlier, interrupted fit
         self.throughput.reset()
+
+    def check_feature_caches(self, datamodule: Any) -> None:
+        """The data module checked its feature caches' encoder, weights and transform; the layer and the
+        feature shape are the model's to check (a cache of another block's output has the same shape)."""
+        enc = self.model.encoder
+        for directory, stamp in (getattr(datamodule, "feature_caches", None) or {}).items():
+            have = {"layer": stamp.layer, "patches": stamp.patches, "width": stamp.width}
+            want = {"layer": enc.layer, "patches": enc.num_patches, "width": enc.width}
+            if have != want:
+                wrong = ", ".join(f"{k}={have[k]} (this model: {want[k]})" for k in have if have[k] != want[k])
+                raise ValueError(f"feature cache {directory} does not fit this model's encoder: {wrong}. Remake it "
+                                 "with `arrcoc data cache-features --config <this run's config>`")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["arrcoc"] = {"phase": type(self).__name__, "trainable": self.trainable_components()}
