@@ -27,6 +27,7 @@ from arrcoc.data import model_inputs
 from arrcoc.data.shards import shard_samples
 from arrcoc.metrics.vqa import vqa_soft_accuracy
 from arrcoc.processing import majority_answer
+from arrcoc.processing.files import write_text
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOW = 64  # the allocator's minimum budget (about 11% of the 576 tokens)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     results["step_time_ms"] = {"full": 1000 * t_full, "adaptive": 1000 * t_adapt, "ratio": t_full / t_adapt}
     results["wall_s"] = time.perf_counter() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text(args.out / "results.json", json.dumps(results, indent=1))
     _print_table(results, model.encoder.num_patches)
     return 0
 

@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
+from arrcoc.processing.files import atomic_path
+
 log = logging.getLogger("arrcoc.train")
 
 
@@ -83,12 +85,14 @@ class DeepSpeedSharding(L.Callback):
             from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
             out = Path(ckpt).parent / self.consolidated
-            convert_zero_checkpoint_to_fp32_state_dict(ckpt, out)
-            # Keep the weights alone: the full client state pickles hyperparameter objects, which a
-            # `torch.load(weights_only=True)` (what init_from does) refuses. We wrote it just above.
-            full = torch.load(out, map_location="cpu", weights_only=False)
-            state, added = add_frozen(full["state_dict"], frozen)
-            torch.save({"state_dict": state, "global_step": full.get("global_step")}, out)
+            # Written beside `out` and renamed into place: a kill or a full disk keeps the previous file.
+            with atomic_path(out) as tmp:
+                convert_zero_checkpoint_to_fp32_state_dict(ckpt, tmp)
+                # Keep the weights alone: the full client state pickles hyperparameter objects, which a
+                # `torch.load(weights_only=True)` (what init_from does) refuses. We wrote it just above.
+                full = torch.load(tmp, map_location="cpu", weights_only=False)
+                state, added = add_frozen(full["state_dict"], frozen)
+                torch.save({"state_dict": state, "global_step": full.get("global_step")}, tmp)
             log.info("consolidated %s -> %s with %d frozen tensors added back (give it to the next phase as "
                      "init_from)", ckpt, out, added)
         trainer.strategy.barrier()

@@ -10,6 +10,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from arrcoc.processing.files import write_text
+
 log = logging.getLogger("arrcoc.train")
 
 
@@ -40,8 +42,8 @@ class PredictionWriter(BasePredictionWriter):
                 merged += [json.loads(line) for line in p.read_text().splitlines() if line]
                 p.unlink()
             merged.sort(key=lambda r: (str(type(r["question_id"])), r["question_id"]))
-            (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+            write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
             results = [{"question_id": r["question_id"], "answer": r["prediction"]} for r in merged]
-            (out / "vqa_results.json").write_text(json.dumps(results))
+            write_text(out / "vqa_results.json", json.dumps(results))
             log.info("wrote %d predictions to %s", len(merged), out)
         trainer.strategy.barrier()

@@ -25,6 +25,7 @@ from arrcoc.data.stats import StatsTable, skipped_by_reason, total_skipped
 from arrcoc.data.stream import EpochDataLoader, EvalStream, TrainStream
 from arrcoc.presets import TINY_ENCODER, TINY_LM
 from arrcoc.processing import build_tokenizer, build_transform, crop_geometry, transform_size
+from arrcoc.processing.files import write_text
 
 log = logging.getLogger("arrcoc.data")
 
@@ -126,7 +127,7 @@ class VQADataModule(L.LightningDataModule):
             stamp.unlink(missing_ok=True)
             for split, count in (("train", cfg.train), ("val", cfg.val)):
                 write_split(self.cache_dir / split, split, count, cfg)
-            stamp.write_text(json.dumps(cfg.stamp()))
+            write_text(stamp, json.dumps(cfg.stamp()))  # atomically: a half-written stamp would not parse
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve sources (a missing path fails here, before training), build preprocessing."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from arrcoc.bench.budgets import smallest_sufficient_k, spearman
+from arrcoc.processing.files import atomic_path, write_text
 
 #: where a method's line goes in the tables (others follow, sorted)
 ORDER = ("full_trained", "full", "adaptive", "fixed", "random", "grid", "pool", "cls_attention", "diversity",
@@ -256,7 +257,7 @@ def pareto_png(summary: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # by name: the path may be a temporary one
     plt.close(fig)
 
 
@@ -274,6 +275,7 @@ def _no_nan(value: Any) -> Any:
 def write(summary: dict[str, Any], out: Path) -> None:
     """``out/tokens.json``, ``out/tokens.md``, ``out/pareto.png``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tokens.json").write_text(json.dumps(_no_nan(summary), indent=1, allow_nan=False) + "\n")
-    (out / "tokens.md").write_text(markdown(summary))
-    pareto_png(summary, out / "pareto.png")
+    write_text(out / "tokens.json", json.dumps(_no_nan(summary), indent=1, allow_nan=False) + "\n")
+    write_text(out / "tokens.md", markdown(summary))
+    with atomic_path(out / "pareto.png") as tmp:
+        pareto_png(summary, tmp)

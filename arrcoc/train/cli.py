@@ -15,8 +15,11 @@ import typing
 from typing import Any
 
 from jsonargparse import Namespace, set_parsing_settings
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from arrcoc.callbacks.stopping import AtomicCheckpointIO, GracefulStop, stopped_by_signal
 from arrcoc.console import console_logging
 from arrcoc.data.datamodule import VQADataModule
 from arrcoc.phases import PhaseModule
@@ -33,6 +36,17 @@ class ARRCOCCLI(LightningCLI):
         for target, compute in (("data.encoder", _encoder_name), ("data.encoder_pretrained", _encoder_pretrained),
                                 ("data.llm", _llm_name), ("data.trust_remote_code", _llm_trust_remote_code)):
             parser.link_arguments("model.init_args.model", target, compute_fn=compute, apply_on="parse")
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """The configured Trainer, plus what every arrcoc run gets: :class:`GracefulStop` (SIGTERM/SIGUSR1 save a
+        checkpoint, then exit 128 + signal) and checkpoints written atomically beside their destination
+        (:class:`AtomicCheckpointIO`; DeepSpeed writes its own directories)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(cb, GracefulStop) for cb in trainer.callbacks):
+            trainer.callbacks.append(GracefulStop())
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -180,5 +194,10 @@ def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line)."""
     console_logging()
-    build_cli(argv)
-    return 0
+    try:
+        build_cli(argv)
+    except SIGTERMException:  # Lightning's own stop after SIGTERM; GracefulStop saved the checkpoint before it
+        if stopped_by_signal() is None:
+            raise
+    signum = stopped_by_signal()
+    return 0 if signum is None else 128 + signum
