@@ -265,3 +265,11 @@ class VQADataModule(L.LightningDataModule):
     def skipped_by_reason(self) -> dict[str, int]:
         """Skipped samples per reason, training and evaluation, on this rank."""
         return skipped_by_reason(*self.skip_tables.values())
+
+    def eval_skips(self) -> dict[str, int]:
+        """Samples the last evaluation could not evaluate, per reason, on this rank."""
+        return skipped_by_reason(self.skip_tables["eval"])
+
+    def source_names(self, split: str) -> list[str]:
+        """The sources of ``split`` as configured (for messages)."""
+        return [s.name for s in self.sources.get(split, [])]

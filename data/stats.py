@@ -29,11 +29,15 @@ class SkipCounter:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def __call__(self, skip: Skip) -> None:
-        self.counts[skip.reason] += 1
-        n = self.counts[skip.reason]
-        if n <= 5 or n % 1000 == 0:
-            log.warning("skipped %s in %s (%s, #%d of this kind)%s", skip.key, skip.url, skip.reason, n,
+    def __call__(self, skip: Skip, samples: int = 1) -> None:
+        """Count ``skip`` as ``samples`` skipped samples (a shard that lost 20 samples is 20, logged once)."""
+        before = self.counts.get(skip.reason, 0)
+        if samples:  # 0: logged, not counted (a shard-level event in evaluation, whose lost samples count apart)
+            self.counts[skip.reason] += samples
+        n = self.counts.get(skip.reason, 0)
+        if before < 5 or n // 1000 > before // 1000:
+            what = skip.key if samples == 1 else f"{samples} samples"
+            log.warning("skipped %s in %s (%s, #%d of this kind)%s", what, skip.url, skip.reason, n,
                         f": {skip.detail}" if skip.detail else "")
 
 

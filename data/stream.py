@@ -106,8 +106,10 @@ class EvalStream(IterableDataset):
     ranges of equal padded length; each rank's range into contiguous per-worker chunks. A position
     past the end, or a sample that can't be read, yields a placeholder marked ``valid=False`` instead
     of disappearing, so no rank ever runs short of batches. Only samples in a worker's own range are
-    decoded. A shard whose sample count differs from its manifest entry is reported
-    (``manifest_mismatch``); its missing positions become placeholders, extra samples are not read.
+    decoded. A shard whose sample count differs from its manifest entry is reported, counted per sample:
+    fewer (``manifest_mismatch``): its missing positions become placeholders; more
+    (``manifest_undercount``): the extra samples are counted, not evaluated (positions follow the
+    manifest on every rank).
     """
 
     def __init__(self, sources: list[Source], preprocess: Preprocess, placeholder: Callable[[], dict[str, Any]],
@@ -146,8 +148,11 @@ class EvalStream(IterableDataset):
         for url, count in self.shards:
             lo, hi = max(start, offset), min(stop, offset + count)
             if lo < hi:
+                # A shard-level skip (key "*": unopenable, cut off) is logged here but counted as the samples
+                # it loses, below: evaluation counts samples, not events.
+                samples = shard_samples(url, lambda skip: skips(skip, 0 if skip.key == "*" else 1))
                 seen = 0
-                for raw in shard_samples(url, skips):
+                for raw in samples:
                     pos = offset + seen
                     seen += 1
                     if pos >= hi:
@@ -156,9 +161,13 @@ class EvalStream(IterableDataset):
                         yield raw
                 if offset + seen < hi:  # the shard holds fewer samples than its manifest says
                     missing = Skip(url, "*", "manifest_mismatch", f"manifest says {count}, found {seen}")
-                    skips(missing)  # counted once per shard; every missing position gets a placeholder
+                    skips(missing, hi - max(lo, offset + seen))  # each lost sample counts, and gets a placeholder
                     for _ in range(max(lo, offset + seen), hi):
                         yield missing
+                elif hi == offset + count and offset + seen > hi:  # the shard goes on past its manifest count
+                    extra = 1 + sum(1 for _ in samples)  # the one that ended the loop, and the rest
+                    skips(Skip(url, "*", "manifest_undercount", f"manifest says {count}, the shard holds "
+                               f"{count + extra}: {extra} not evaluated (rewrite its manifest.json)"), extra)
             offset += count
         for _ in range(max(start, self.total), stop):  # padding past the end (not a skip: nothing is missing)
             yield Skip("", "*", "padding")

@@ -248,7 +248,20 @@ def test_feature_placeholders_and_manifest_mismatch(tmp_path):
     batches = list(dm.val_dataloader())
     assert all("patch_features" in b and "pixel_values" not in b for b in batches)
     assert sum(len(b["question_id"]) for b in batches) == 7 and len(_ids(batches)) == 5
-    assert batches[-1]["data_stats"]["skipped"] == {"manifest_mismatch": 1}
+    assert batches[-1]["data_stats"]["skipped"] == {"manifest_mismatch": 2}  # two samples lost, counted as two
+
+
+def test_samples_past_an_undercounting_manifest_are_counted_not_lost(tmp_path):
+    d = tmp_path / "f"
+    with ShardWriter(d, samples_per_shard=100) as w:
+        for i in range(8):
+            w.write(f"f{i}", good_meta(i), features=np.zeros((576, 64), np.float16))
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["shards"][0]["samples"] = manifest["total"] = 5  # claims 5, holds 8
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    batches = list(_dm(tmp_path, val=str(d), eval_batch_size=4).val_dataloader())
+    assert len(_ids(batches)) == 5  # positions follow the manifest on every rank
+    assert batches[-1]["data_stats"]["skipped"] == {"manifest_undercount": 3}
 
 
 def test_stray_files_take_no_sample_position(tmp_path):
@@ -286,3 +299,16 @@ def test_explicit_manifest_file_for_a_brace_pattern(tmp_path):
     assert dm.sources["val"][0].counts == [3, 2] and sorted(_ids(dm.val_dataloader())) == list(range(5))
     dm = _dm(tmp_path, val=f"{d}/data-{{000000..000001}}.tar", eval_batch_size=2)  # no manifest: counted
     assert sorted(_ids(dm.val_dataloader())) == list(range(5))
+
+
+def test_a_truncated_shard_counts_each_lost_sample_once(tmp_path):
+    d = tmp_path / "t"
+    write_dataset(d, [20])
+    shard = next(d.glob("*.tar"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # cut off mid-stream, as a failed copy leaves it
+    batches = list(_dm(tmp_path, val=str(d), eval_batch_size=8).val_dataloader())
+    evaluated = len(_ids(batches))
+    skipped = batches[-1]["data_stats"]["skipped"]
+    assert 0 < evaluated < 20
+    assert sum(skipped.values()) == 20 - evaluated, skipped  # samples, not events (the shard-level one is logged)

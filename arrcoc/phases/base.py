@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics import MaxMetric, MeanMetric, MinMetric, SumMetric
 
 from arrcoc.data.collate import model_inputs
 from arrcoc.metrics import BudgetHistogram, ExactMatch, VQAAccuracy
@@ -100,6 +100,7 @@ class PhaseModule(L.LightningModule):
         self.val_loss, self.val_tokens = MeanMetric(), MeanMetric()
         self.val_tokens_max, self.val_tokens_min = MaxMetric(), MinMetric()
         self.val_hist = BudgetHistogram(max_tokens=model.encoder.num_patches)
+        self.val_samples = SumMetric()  # samples evaluated (valid ones), over all ranks
         self.nan_guard = NonFiniteGuard(max_in_a_row=max_nan_steps)
         self.throughput = Throughput()
 
@@ -233,6 +234,7 @@ class PhaseModule(L.LightningModule):
         n, valid = len(batch["input_ids"]), batch["valid"]
         out = self.model(**inputs, return_logits=False)
         n_valid = int(valid.sum())
+        self.val_samples.update(n_valid)
         if out.loss is not None and n_valid:
             self.val_loss.update(out.lm_loss.detach(), weight=n_valid)
         # Answering sees the same images: reuse the encoder features instead of encoding them again.
@@ -268,9 +270,33 @@ class PhaseModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._write_histogram("val")
+        self._report_evaluated("val")
 
     def on_test_epoch_end(self) -> None:
         self._write_histogram("test")
+        self._report_evaluated("test")
+
+    def _report_evaluated(self, prefix: str) -> None:
+        """Say how many samples the evaluation evaluated and how many it could not, per reason (over all ranks);
+        fail, naming the source, when it evaluated none (an accuracy of 0.0 would hide a broken source)."""
+        evaluated = int(self.val_samples.compute())  # every rank takes part
+        self.val_samples.reset()
+        dm = self.trainer.datamodule
+        local = dict(dm.eval_skips()) if hasattr(dm, "eval_skips") else {}
+        skipped: dict[str, int] = {}
+        for counts in _gather_objects(local, self.trainer.world_size):
+            for reason, n in counts.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        if self.trainer.sanity_checking:
+            return
+        not_done = ", ".join(f"{r}: {n}" for r, n in sorted(skipped.items())) or "none"
+        if evaluated == 0:
+            split = "val" if prefix == "val" else "test"
+            names = dm.source_names(split) if hasattr(dm, "source_names") else []
+            raise RuntimeError(f"{prefix}: no sample of {names or 'the evaluation data'} could be evaluated (not "
+                               f"evaluated, by reason: {not_done}); check the source")
+        if self.trainer.is_global_zero:
+            log.info("%s: evaluated %d samples; not evaluated: %s", prefix, evaluated, not_done)
 
     def _write_histogram(self, prefix: str) -> None:
         """Write the evaluation's budget histogram (see :func:`~arrcoc.phases.evaluation.write_budget_histogram`)
@@ -297,3 +323,12 @@ class PhaseModule(L.LightningModule):
                  "visual_tokens": int(vt[i])}
                 for i in range(len(gen.texts)) if bool(batch["valid"][i])]
 
+
+
+def _gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """``obj`` from every rank (``[obj]`` outside distributed runs)."""
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        out: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
