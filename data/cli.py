@@ -30,10 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--questions", type=Path, required=True, help="v2_OpenEnded_mscoco_*_questions.json")
     v.add_argument("--annotations", type=Path, help="v2_mscoco_*_annotations.json (omit for the test split)")
     v.add_argument("--images", type=Path, required=True, help="directory of COCO images")
+    v.add_argument("--allow-outside-root", action="store_true",
+                   help="write images that are symlinks resolving outside --images (default: skip them)")
     _common_out(v)
     j = csub.add_parser("jsonl", help="one JSON object per line: image, question, answers|answer[, question_id]")
     j.add_argument("--manifest", type=Path, required=True, help="the .jsonl file")
     j.add_argument("--images-root", type=Path, required=True, help="directory the 'image' paths are relative to")
+    j.add_argument("--allow-outside-root", action="store_true",
+                   help="write images that resolve outside --images-root (../, absolute paths, symlinks); "
+                        "default: skip them as outside_images_root")
     _common_out(j)
 
     s = sub.add_parser("sample", help="generate the bundled sample task")
@@ -90,16 +95,21 @@ def _convert(args) -> int:
         for p in (args.questions, args.images) + ((args.annotations,) if args.annotations else ()):
             if not p.exists():
                 raise FileNotFoundError(f"{p} does not exist")
-        items, total = vqav2_items(args.questions, args.annotations, args.images)
+        items, total = vqav2_items(args.questions, args.annotations, args.images, args.allow_outside_root)
+        source = args.questions
     else:
         for p in (args.manifest, args.images_root):
             if not p.exists():
                 raise FileNotFoundError(f"{p} does not exist")
-        items, total = jsonl_items(args.manifest, args.images_root)
+        items, total = jsonl_items(args.manifest, args.images_root, args.allow_outside_root)
+        source = args.manifest
     prepare_out_dir(args.out, prefix, args.overwrite)
     report = write_items(items, args.out, prefix, args.shard_size, total=total)
     print(report.summary())
-    return 0 if report.written else 1
+    if not report.written:
+        print(f"arrcoc data convert {args.format}: {report.nothing_written(source)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _sample(args) -> int:

@@ -14,17 +14,32 @@ from arrcoc.data.shards import IMAGE_EXTS, MANIFEST, BadSample, ShardWriter, val
 
 log = logging.getLogger("arrcoc.data")
 
+OUTSIDE_ROOT = "outside_images_root"  # skip reason: an image that resolves outside the images directory
+LOGGED_PER_REASON = 5  # skips logged one by one per reason; the rest are counted in the summary
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{n} {r}" for r, n in sorted(counter.items()))
+
 
 @dataclass
 class ConvertReport:
     written: int = 0
     skipped: Counter = field(default_factory=Counter)
+    coerced: Counter = field(default_factory=Counter)  # values coerced in the written samples, by kind
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
-        return (f"wrote {self.written} samples in {len(self.manifest.get('shards', []))} shards; "
-                f"skipped {sum(self.skipped.values())} ({reasons})")
+        text = (f"wrote {self.written} samples in {len(self.manifest.get('shards', []))} shards; "
+                f"skipped {sum(self.skipped.values())} ({_counts(self.skipped) or 'none'})")
+        return text + (f"; coerced {sum(self.coerced.values())} ({_counts(self.coerced)})" if self.coerced else "")
+
+    def nothing_written(self, source: Path | str) -> str:
+        """Why a conversion that wrote nothing failed, naming its input."""
+        if not self.skipped:
+            return f"nothing written: {source} holds no samples"
+        return (f"nothing written: all {sum(self.skipped.values())} samples of {source} were skipped "
+                f"({_counts(self.skipped)}); see the warnings above")
 
 
 @dataclass
@@ -36,6 +51,7 @@ class Item:
     meta: dict[str, Any]
     image: Path
     objects: list[dict[str, Any]] | None = None
+    coerced: tuple[str, ...] = ()  # kinds of values coerced to fit the format, counted when written
 
 
 def prepare_out_dir(out: Path, prefix: str, overwrite: bool) -> None:
@@ -84,6 +100,7 @@ def write_items(items: Iterable[Item | tuple[str, ...]], out: Path, prefix: str,
                     continue
             writer.write(item.key, meta, image=data, image_ext=ext)
             report.written += 1
+            report.coerced.update(item.coerced)
     report.manifest = writer.manifest
     return report
 
@@ -143,14 +160,29 @@ def pixel_objects(objects: Any, image_size: tuple[int, int] | None = None) -> li
 
 def _skip(report: ConvertReport, key: str, reason: str, detail: str = "") -> None:
     report.skipped[reason] += 1
-    if report.skipped[reason] <= 5:
+    if report.skipped[reason] <= LOGGED_PER_REASON:
         log.warning("skipping %s: %s %s", key, reason, detail)
+    elif report.skipped[reason] == LOGGED_PER_REASON + 1:
+        log.warning("more %s skips: counted in the summary, not logged one by one", reason)
+
+
+def _outside(path: Path, root: Path) -> str | None:
+    """Why ``path`` is not inside ``root`` (already resolved) once symlinks and ``..`` are resolved;
+    None when it is inside."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        return f"cannot be resolved ({err})"
+    return None if real.is_relative_to(root) else f"resolves to {real}"
 
 
 # --------------------------------------------------------------------------------------------- VQAv2
-def vqav2_items(questions: Path, annotations: Path | None, images: Path) -> tuple[Iterator, int]:
+def vqav2_items(questions: Path, annotations: Path | None, images: Path,
+                allow_outside_root: bool = False) -> tuple[Iterator, int]:
     """Items from the official VQAv2 files (``v2_OpenEnded_mscoco_*_questions.json``,
-    ``v2_mscoco_*_annotations.json``; images ``COCO_{split}_{image_id:012d}.jpg`` under ``images``)."""
+    ``v2_mscoco_*_annotations.json``; images ``COCO_{split}_{image_id:012d}.jpg`` under ``images``).
+    An image found under ``images`` that is a symlink resolving outside it is skipped
+    (``outside_images_root``) unless ``allow_outside_root``."""
     qdata = json.loads(Path(questions).read_text())
     qs = qdata["questions"]
     subtype = qdata.get("data_subtype")  # e.g. "val2014"
@@ -159,13 +191,20 @@ def vqav2_items(questions: Path, annotations: Path | None, images: Path) -> tupl
         adata = json.loads(Path(annotations).read_text())
         answers = {a["question_id"]: a for a in adata["annotations"]}
     by_id = _index_images(images)
+    root = Path(images).resolve()
+    outside = {} if allow_outside_root else {
+        i: why for i, p in by_id.items() if (why := _outside(p, root)) is not None}
 
-    def gen() -> Iterator[Item | tuple[str, str]]:
+    def gen() -> Iterator[Item | tuple[str, ...]]:
         for q in qs:
             key = f"q{q['question_id']}"
             image = by_id.get(q["image_id"])
             if image is None:
                 yield key, "missing_image"
+                continue
+            if q["image_id"] in outside:
+                yield (key, OUTSIDE_ROOT, f"image {image} {outside[q['image_id']]}, outside --images {root}; "
+                       "pass --allow-outside-root to write it")
                 continue
             meta: dict[str, Any] = {"question": q["question"], "question_id": q["question_id"],
                                     "image_id": q["image_id"], "answers": []}
@@ -197,37 +236,103 @@ def _index_images(root: Path) -> dict[int, Path]:
 
 
 # --------------------------------------------------------------------------------------------- JSONL
-def jsonl_items(manifest: Path, images_root: Path) -> tuple[Iterator, int | None]:
+def _got(value: Any) -> str:
+    """``int 42``, ``str "yes"``, ``null``: a JSON value's type and (shortened) text, for skip details."""
+    text = json.dumps(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return text if value is None else f"{type(value).__name__} {text}"
+
+
+def _answer(value: Any, name: str) -> tuple[str, bool]:
+    """An answer as a string, and whether it was a JSON integer written as its decimal string."""
+    if isinstance(value, str):
+        return value, False
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), True
+    raise BadSample("bad_field", f"{name} must be a string, got {_got(value)}")
+
+
+def jsonl_meta(rec: Any) -> tuple[dict[str, Any], list[str]]:
+    """One JSONL record -> (shard json without ``question_id``, kinds of values coerced). Every field is
+    type-checked; raises ``BadSample`` whose reason is ``bad_json`` (not an object), ``missing_field``
+    or ``bad_field``, and whose detail names the field. A JSON integer answer (``42``) is written as
+    its decimal string (``"42"``); floats, booleans and other types are refused. ``null`` is the field
+    left out."""
+    if not isinstance(rec, dict):
+        raise BadSample("bad_json", f"expected a JSON object, got {_got(rec)}")
+    for name in ("image", "question"):
+        if rec.get(name) is None:
+            raise BadSample("missing_field", f"{name!r} is required")
+        if not isinstance(rec[name], str):
+            raise BadSample("bad_field", f"{name!r} must be a string, got {_got(rec[name])}")
+    if not rec["image"]:
+        raise BadSample("bad_field", "'image' must name a file, got an empty string")
+    meta: dict[str, Any] = {"question": rec["question"]}
+    coerced = []
+    if rec.get("answers") is not None:
+        if not isinstance(rec["answers"], list):
+            raise BadSample("bad_field", f"'answers' must be a list of strings, got {_got(rec['answers'])}")
+        meta["answers"] = []
+        for i, a in enumerate(rec["answers"]):
+            text, number = _answer(a, f"'answers'[{i}]")
+            meta["answers"].append(text)
+            coerced += ["number_answer"] if number else []
+    if rec.get("answer") is not None:
+        text, number = _answer(rec["answer"], "'answer'")
+        if "answers" not in meta:  # both given: 'answers' is kept, as the shard format's field
+            meta["answers"] = [text]
+            coerced += ["number_answer"] if number else []
+    for name, types in (("question_id", (int, str)), ("image_id", (int, str)), ("answer_type", str),
+                        ("question_type", str)):
+        value = rec.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            want = "an integer or a string" if types == (int, str) else "a string"
+            raise BadSample("bad_field", f"{name!r} must be {want}, got {_got(value)}")
+        meta[name] = value
+    return meta, coerced
+
+
+def jsonl_items(manifest: Path, images_root: Path, allow_outside_root: bool = False) -> tuple[Iterator, int | None]:
     """Items from a JSON Lines file: ``image`` (relative to ``images_root``), ``question``,
     ``answers`` (list) or ``answer`` (str), optional ``question_id`` (defaults to the line number),
     optional ``objects`` (``[{"box": [x0, y0, x1, y1], "named": bool}, ...]``, boxes in the image's
-    pixels; normalised by the image's size when written)."""
+    pixels; normalised by the image's size when written). Fields are checked as :func:`jsonl_meta`
+    says. An ``image`` that resolves (``..``, an absolute path, symlinks) outside ``images_root`` is
+    skipped as ``outside_images_root`` unless ``allow_outside_root``."""
     lines = Path(manifest).read_text().splitlines()
+    root = Path(images_root)
+    real_root = root.resolve()
 
-    def gen() -> Iterator[Item | tuple[str, str]]:
+    def gen() -> Iterator[Item | tuple[str, ...]]:
+        warned_coercion = False
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             key = f"l{n:09d}"
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
-                yield key, "bad_json"
+            except json.JSONDecodeError as err:
+                yield key, "bad_json", f"(line {n}) {err}"
                 continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-                yield key, "missing_field"
-                continue
-            meta = {k: rec[k] for k in ("question", "answers", "answer", "image_id", "answer_type", "question_type")
-                    if k in rec}
-            meta["question_id"] = rec.get("question_id", n)
             try:
+                meta, coerced = jsonl_meta(rec)
+                meta.setdefault("question_id", n)
                 meta = validate_meta(meta)
                 objects = None if rec.get("objects") is None else pixel_objects(rec["objects"])
             except BadSample as err:
                 yield key, err.reason, f"(line {n}) {str(err).removeprefix(err.reason + ': ')}"
                 continue
-            yield Item(key, meta, Path(images_root) / rec["image"], objects)
+            image = root / rec["image"]
+            if not allow_outside_root and (why := _outside(image, real_root)) is not None:
+                yield (key, OUTSIDE_ROOT, f"(line {n}) image {rec['image']!r} {why}, outside --images-root "
+                       f"{real_root}; pass --allow-outside-root to write it")
+                continue
+            if coerced and not warned_coercion:
+                warned_coercion = True
+                log.warning("(line %d) a number answer is written as its decimal string (%s); further ones are "
+                            "counted in the summary (coerced ... number_answer), not logged", n, meta["answers"])
+            yield Item(key, meta, image, objects, tuple(coerced))
 
     return gen(), sum(1 for line in lines if line.strip())
-
-

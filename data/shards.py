@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import uuid
 import warnings
@@ -314,7 +315,10 @@ def decode(raw: RawSample) -> dict[str, Any]:
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
             raise BadSample("image_too_large", str(err)) from err
         except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data
-            raise BadSample("bad_image", f"{ext}: {err}") from err
+            # PIL names the buffer it read (``<_io.BytesIO object at 0x...>``), which says nothing: the
+            # skip's log line names the shard and the key; the detail says what the bytes were.
+            detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image", str(err))
+            raise BadSample("bad_image", f"{ext} ({len(raw.files[ext])} bytes): {detail}") from err
     elif FEATURE_EXT in raw.files:
         try:
             out["features"] = np.load(io.BytesIO(raw.files[FEATURE_EXT]), allow_pickle=False)
@@ -336,4 +340,16 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+            raise ValueError("expected an object with a 'shards' list")
+        for entry in manifest["shards"]:
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                    and isinstance(entry.get("samples"), int)):
+                raise ValueError(f"each shard entry needs 'name' (str) and 'samples' (int), got {entry!r}"[:200])
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a readable manifest ({err}); expected {{\"shards\": [{{\"name\": "
+                         "\"data-000000.tar\", \"samples\": N}, ...], \"total\": N}: rewrite it, or delete it "
+                         "to count samples by reading the shards") from None
+    return manifest

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from arrcoc.data.cli import main as data_main
-from arrcoc.data.shards import decode, iter_tar, read_manifest
+from arrcoc.data.convert import jsonl_meta
+from arrcoc.data.shards import BadSample, decode, iter_tar, read_manifest
 
 
 def _all(out):
@@ -116,7 +117,109 @@ def test_jsonl_round_trip(tmp_path, capsys):
     samples = _all(out)
     assert [(s["question_id"], s["answers"]) for s in samples] == [(7, ["yes", "yes"]), (2, ["nothing"])]
     assert samples[1]["image"].mode == "RGBA"
-    assert "skipped 4 (1 bad_json, 2 missing_field, 1 missing_image)" in capsys.readouterr().out
+    assert "skipped 4 (1 bad_field, 1 bad_json, 1 missing_field, 1 missing_image)" in capsys.readouterr().out
+
+
+
+def _warned(caplog):
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_jsonl_images_outside_the_root_are_refused_unless_allowed(tmp_path, capsys, caplog):
+    (tmp_path / "img" / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")  # outside the root
+    (tmp_path / "img" / "link.png").symlink_to(tmp_path / "x.png")  # inside the root, pointing out of it
+    (tmp_path / "img" / "inner.png").symlink_to("a.png")  # a symlink that stays inside is fine
+    images = ["a.png", "../x.png", str(tmp_path / "x.png"), "link.png", "sub/../a.png", str(tmp_path / "img" / "a.png"),
+              "inner.png"]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"image": im, "question": "q", "answer": "a"}) + "\n"
+                                              for im in images))
+    args = ["convert", "jsonl", "--manifest", str(tmp_path / "m.jsonl"), "--images-root", str(tmp_path / "img"),
+            "--out", str(tmp_path / "o")]
+    assert data_main(args) == 0
+    assert [s["question_id"] for s in _all(tmp_path / "o")] == [1, 5, 6, 7]
+    assert "wrote 4 samples in 1 shards; skipped 3 (3 outside_images_root)" in capsys.readouterr().out
+    warned = _warned(caplog)
+    real = tmp_path.resolve()
+    assert f"l000000002: outside_images_root (line 2) image '../x.png' resolves to {real / 'x.png'}" in warned
+    assert f"(line 3) image '{tmp_path / 'x.png'}' resolves to {real / 'x.png'}, outside --images-root" in warned
+    assert "(line 4) image 'link.png' resolves to" in warned and "--allow-outside-root" in warned
+    assert data_main(args + ["--overwrite", "--allow-outside-root"]) == 0
+    assert [s["question_id"] for s in _all(tmp_path / "o")] == list(range(1, 8))
+    assert "wrote 7 samples in 1 shards; skipped 0 (none)" in capsys.readouterr().out
+
+
+def test_vqav2_symlinks_out_of_the_images_folder_are_refused_unless_allowed(tmp_path, capsys, caplog):
+    root = make_vqav2(tmp_path / "vqa")
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere.jpg")
+    (root / "val2014" / f"COCO_val2014_{4:012d}.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    args = ["convert", "vqav2", "--questions", str(root / "q.json"), "--annotations", str(root / "a.json"),
+            "--images", str(root / "val2014"), "--out", str(tmp_path / "o")]
+    assert data_main(args) == 0
+    assert [s["question_id"] for s in _all(tmp_path / "o")] == [10, 30, 31]
+    assert "skipped 5 (2 bad_image, 1 missing_annotation, 2 outside_images_root)" in capsys.readouterr().out
+    assert f"q40: outside_images_root image {root / 'val2014'}/COCO_val2014_000000000004.jpg resolves to " \
+           f"{(tmp_path / 'elsewhere.jpg').resolve()}" in _warned(caplog)
+    assert data_main(args + ["--overwrite", "--allow-outside-root"]) == 0
+    assert [s["question_id"] for s in _all(tmp_path / "o")] == [10, 30, 31, 40, 41]
+
+
+def test_jsonl_field_types_are_checked_and_named(tmp_path, capsys, caplog):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
+    lines = [
+        {"image": "a.png", "question": "How many?", "answer": 42},  # 1: a JSON integer: written as "42"
+        {"image": "a.png", "question": "q", "answers": [3, "three"]},  # 2: coerced too
+        {"image": "a.png", "question": "q", "answers": "yes"},  # 3: not a list
+        {"image": "a.png", "question": 5, "answer": "a"},  # 4
+        {"image": "a.png", "question": "q", "answer": 1.5},  # 5: floats are refused
+        {"image": "a.png", "question": "q", "answer": True},  # 6: so are booleans
+        {"image": "a.png", "question": "q", "answers": ["a", None]},  # 7
+        {"image": 7, "question": "q", "answer": "a"},  # 8
+        {"image": "a.png", "answer": "a"},  # 9: no question
+        {"image": "a.png", "question": "q", "answer": "a", "question_id": {"id": 1}},  # 10
+        ["a.png", "q", "a"],  # 11: not an object
+        {"image": "a.png", "question": "Test split?", "answer": None},  # 12: null is no answer
+    ]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert data_main(["convert", "jsonl", "--manifest", str(tmp_path / "m.jsonl"), "--images-root",
+                      str(tmp_path / "img"), "--out", str(tmp_path / "o")]) == 0
+    assert [(s["question_id"], s["answers"]) for s in _all(tmp_path / "o")] == [(1, ["42"]), (2, ["3", "three"]),
+                                                                                (12, [])]
+    assert ("skipped 9 (7 bad_field, 1 bad_json, 1 missing_field); coerced 2 (2 number_answer)"
+            in capsys.readouterr().out)
+    warned = _warned(caplog)
+    assert warned.count("a number answer is written as its decimal string") == 1 and "(line 1)" in warned
+    for detail in ["l000000003: bad_field (line 3) 'answers' must be a list of strings, got str \"yes\"",
+                   "l000000004: bad_field (line 4) 'question' must be a string, got int 5",
+                   "(line 5) 'answer' must be a string, got float 1.5",
+                   "(line 6) 'answer' must be a string, got bool true",
+                   "(line 7) 'answers'[1] must be a string, got null",
+                   "more bad_field skips: counted in the summary, not logged one by one",  # 5 logged per reason
+                   "l000000009: missing_field (line 9) 'question' is required",
+                   "l000000011: bad_json (line 11) expected a JSON object, got list"]:
+        assert detail in warned
+    for rec, detail in [(lines[7], "'image' must be a string, got int 7"),
+                        (lines[9], "'question_id' must be an integer or a string, got dict {\"id\": 1}")]:
+        with pytest.raises(BadSample, match="bad_field") as err:
+            jsonl_meta(rec)
+        assert detail in str(err.value)
+
+
+def test_convert_writing_nothing_fails_naming_the_input(tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "gone.png", "question": "q", "answer": 1.5}) + "\n"
+                                      + json.dumps({"image": "gone.png", "question": "q"}) + "\n")
+    args = ["convert", "jsonl", "--manifest", str(tmp_path / "m.jsonl"), "--images-root", str(tmp_path / "img"),
+            "--out", str(tmp_path / "o")]
+    assert data_main(args) == 1
+    err = capsys.readouterr().err
+    assert (f"arrcoc data convert jsonl: nothing written: all 2 samples of {tmp_path / 'm.jsonl'} were skipped "
+            "(1 bad_field, 1 missing_image)") in err
+    (tmp_path / "m.jsonl").write_text("\n")
+    assert data_main(args + ["--overwrite"]) == 1
+    assert f"nothing written: {tmp_path / 'm.jsonl'} holds no samples" in capsys.readouterr().err
 
 
 def test_out_dir_is_not_silently_mixed(tmp_path, capsys):

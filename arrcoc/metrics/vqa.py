@@ -8,27 +8,40 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from arrcoc.metrics.normalize import normalize_answer
+from arrcoc.metrics.normalize import normalize_answer, process_punctuation
 from arrcoc.processing import majority_answer
 
 
 def vqa_soft_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQAv2 accuracy of one prediction: the mean, over the leave-one-annotator-out subsets of the
-    answers, of ``min(#matches / 3, 1)``. With ten annotators, an answer given by 3 or more of them
-    scores 1, by 2 about 0.6, by 1 about 0.3."""
+    """VQAv2 accuracy of one prediction, as the official evaluation (``vqaEval.py``) computes it.
+
+    The prediction is cleaned (newlines and tabs to spaces, ends stripped) and gets every answer-processing
+    step (:func:`~arrcoc.metrics.normalize_answer`: punctuation, then case, number words, articles,
+    contractions). The references get the punctuation step only, and only when they are not all the same:
+    when ten annotators agree, their answer counts as written (``"don't know"`` predicted against ten
+    ``"don't know"`` scores 0: the prediction's apostrophe became a space). The score is the mean, over the
+    references, of ``min(1, #other references equal to the prediction / 3)``: with ten annotators an answer
+    given by 3 or more scores 1, by 2 0.6, by 1 0.3.
+
+    Beyond the official script: no references score 0, and a single reference (which the official formula
+    would score 0 whatever the prediction) scores 1 when equal to the processed prediction."""
     if not answers:
         return 0.0
     pred = normalize_answer(prediction)
-    gts = [normalize_answer(a) for a in answers]
-    scores = []
-    for i in range(len(gts)):
-        others = gts[:i] + gts[i + 1:]
-        scores.append(min(sum(g == pred for g in others) / 3.0, 1.0) if others else float(gts[i] == pred))
+    gts = list(answers)
+    if len(set(gts)) > 1:
+        gts = [process_punctuation(g) for g in gts]
+    if len(gts) == 1:
+        return float(gts[0] == pred)
+    matches = sum(g == pred for g in gts)
+    # Leave one reference out in turn; the others that equal the prediction count, capped at 3.
+    scores = [min(1.0, (matches - (g == pred)) / 3) for g in gts]
     return sum(scores) / len(scores)
 
 
 class VQAAccuracy(Metric):
-    """Mean VQAv2 soft accuracy over the valid samples seen (``valid=False`` placeholders excluded)."""
+    """Mean VQAv2 accuracy (:func:`vqa_soft_accuracy`, the official evaluation's number) over the valid
+    samples seen (``valid=False`` placeholders excluded)."""
 
     full_state_update = False
 
@@ -49,7 +62,8 @@ class VQAAccuracy(Metric):
 
 
 class ExactMatch(Metric):
-    """Share of valid samples whose normalised prediction equals the normalised majority answer."""
+    """Share of valid samples whose normalised prediction equals the normalised majority answer: the lenient
+    match (:func:`~arrcoc.metrics.normalize_answer` on both sides, whatever the references)."""
 
     full_state_update = False
 

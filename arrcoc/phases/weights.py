@@ -48,12 +48,20 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"init_from={path!r} does not exist (give the previous phase's checkpoint)")
+    if file.stat().st_size == 0:
+        raise ValueError(f"init_from={path!r} is an empty file (0 bytes: a save that was cut off?); give a complete "
+                         "checkpoint such as the previous phase's .../checkpoints/last.ckpt")
     try:
         blob = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"init_from={path!r} holds Python objects besides tensors, which are not unpickled for safety "
             f"({str(err).splitlines()[-1].strip()[:200]}); re-save it as {{'state_dict': ...}} of tensors") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for what is not a checkpoint
+        raise ValueError(
+            f"init_from={path!r} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            "); expected a file written by torch.save, such as the previous phase's .../checkpoints/last.ckpt "
+            "(a truncated or text file reads like this)") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"init_from={path!r} holds no state dict")

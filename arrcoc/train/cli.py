@@ -11,14 +11,20 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 import typing
+import zipfile
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+import arrcoc
+import arrcoc.callbacks
+import arrcoc.data
 from arrcoc.callbacks.stopping import AtomicCheckpointIO, GracefulStop, stopped_by_signal
 from arrcoc.console import console_logging
 from arrcoc.data.datamodule import VQADataModule
@@ -57,6 +63,8 @@ class ARRCOCCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self._subcommand_config()
+        if self.config.get("subcommand") == "fit":
+            _check_writable(cfg.trainer.get("default_root_dir") or os.getcwd())
         # LightningCLI re-reads the model's hyperparameters from --ckpt_path, class included: resuming
         # another phase's checkpoint would silently turn this run into that phase.
         resumed = _phase_class(cfg)
@@ -75,6 +83,10 @@ class ARRCOCCLI(LightningCLI):
             if os.path.isdir(ckpt) and not os.path.exists(os.path.join(ckpt, "latest")):
                 raise FileNotFoundError(f"--ckpt_path {ckpt!r} is a directory but not a DeepSpeed checkpoint (it has "
                                         "no 'latest' file); give a checkpoint file such as .../last.ckpt")
+            if os.path.isfile(ckpt) and not zipfile.is_zipfile(ckpt):  # torch.save writes a zip archive
+                size = os.path.getsize(ckpt)
+                raise ValueError(f"--ckpt_path {ckpt!r} is not a readable checkpoint ({size} bytes, not a torch.save "
+                                 "archive: a save that was cut off, or another file); give a complete checkpoint")
             init_args = cfg.model.get("init_args") if isinstance(cfg.get("model"), Namespace) else None
             if os.path.isfile(ckpt) and init_args is not None and init_args.get("init_from"):
                 # A checkpoint file holds every weight, so init_from would be loaded only to be overwritten
@@ -192,12 +204,106 @@ def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line)."""
+    """Run the CLI on ``argv`` (a list such as ``["fit", "--config", ...]``; ``None``: the command line).
+
+    A mistake in what the user gave (a bad value, a missing or broken file) is printed as its one sentence, with
+    the configs it came from, and exits 2; ``--verbose`` shows the traceback too."""
     console_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    command = argv[0] if argv else "fit"
     try:
+        for path in _config_paths(argv):
+            _check_yaml(path)
+        _check_ckpt_arg(argv)  # LightningCLI reads --ckpt_path's hyperparameters while parsing: check it first
         build_cli(argv)
     except SIGTERMException:  # Lightning's own stop after SIGTERM; GracefulStop saved the checkpoint before it
         if stopped_by_signal() is None:
             raise
+    except Exception as err:  # noqa: BLE001 - a user's mistake gets its sentence; anything else its traceback
+        cause = user_error(err)
+        if cause is None or verbose:
+            raise
+        configs = _config_paths(argv)
+        where = f" (configs: {', '.join(configs)})" if configs else ""
+        print(f"arrcoc {command}: error: {cause}{where}\n(--verbose shows the traceback)", file=sys.stderr)
+        return 2
     signum = stopped_by_signal()
     return 0 if signum is None else 128 + signum
+
+
+#: what arrcoc raises for a user's mistake (a bad value, a missing, unwritable or broken file, data with nothing
+#: usable); raised by arrcoc's own code, these carry a sentence written for the user
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+               RuntimeError)
+_OWN_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                  for m in (arrcoc, arrcoc.data, arrcoc.callbacks))
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The first exception in ``err``'s chain (from the root cause out) that arrcoc's own code raised for a
+    user's mistake (:data:`USER_ERRORS`); None for anything else (a bug, or a library's own failure).
+    jsonargparse wraps a class's ``ValueError`` in its own, with the whole configuration dumped after it."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for exc in reversed(chain):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if isinstance(exc, USER_ERRORS) and tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
+            return exc
+    return None
+
+
+def _config_paths(argv: list[str]) -> list[str]:
+    """The ``--config``/``-c`` files on a command line."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def _check_yaml(path: str) -> None:
+    """A config that is not valid YAML is named, with where it breaks (jsonargparse says only that a config
+    failed to parse)."""
+    if not os.path.isfile(path):
+        return  # LightningCLI says it does not exist
+    try:
+        yaml.safe_load(open(path, encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"--config {path} is not valid YAML{at}: {problem}") from None
+
+
+def _check_ckpt_arg(argv: list[str]) -> None:
+    """A ``--ckpt_path`` file that is empty or not a torch.save archive, named (torch says ``EOFError`` or a zip
+    error and not which file)."""
+    for i, arg in enumerate(argv):
+        ckpt = argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None)
+        if ckpt and os.path.isfile(ckpt) and not zipfile.is_zipfile(ckpt):  # torch.save writes a zip archive
+            raise ValueError(f"--ckpt_path {ckpt!r} is not a readable checkpoint ({os.path.getsize(ckpt)} bytes, not a "
+                             "torch.save archive: a save that was cut off, or another file); give a complete one, "
+                             "such as the run's checkpoints/last.ckpt")
+
+
+def _check_writable(directory: str) -> None:
+    """The run directory can take files (checked before any work, so a read-only place fails in one line)."""
+    path = os.path.abspath(directory)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".arrcoc-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(f"trainer.default_root_dir={directory!r} is not writable ({err.strerror or err}); "
+                              "give a directory this run can write checkpoints and logs to") from None
