@@ -13,9 +13,11 @@ import inspect
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
+from arrcoc.packing import GROUP_OVERHEAD_TOKENS, check_packing, cu_seqlens, length_groups, right_padded_lengths
 from arrcoc.presets import TEXT_TAG, TINY_LM, text_checkpoint
 from arrcoc.processing import IMAGE_TOKEN, build_tokenizer
 
@@ -66,6 +68,10 @@ class LanguageModel(nn.Module):
             ``arrcoc pretrain-lm`` on the sample task's questions about scenes written in words), or a
             checkpoint directory that command wrote; ``None`` starts from random init. Other names are
             pretrained already: they must leave it ``None``.
+        packing: how :meth:`packed_hidden_states` runs a right-padded batch of very different lengths:
+            ``pad`` (the whole padded batch), ``group`` (sub-batches of similar length), ``varlen`` (one
+            flattened row, per-sample attention), ``auto`` (``varlen`` under flash attention on CUDA, else
+            ``group``). All give the padded result on real tokens; see ``docs/packing.md``.
     """
 
     def __init__(
@@ -76,8 +82,11 @@ class LanguageModel(nn.Module):
         attn_implementation: str | None = None,
         revision: str | None = None,
         pretrained: str | None = None,
+        packing: str = "auto",
     ) -> None:
         super().__init__()
+        self.packing = check_packing(packing)
+        self.group_overhead: int = GROUP_OVERHEAD_TOKENS  # padded tokens one more decoder call is worth
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"llm.dtype={dtype!r} is not supported; valid: {sorted(_DTYPES)} or null")
         if pretrained is not None and name != TINY_LM:
@@ -125,6 +134,66 @@ class LanguageModel(nn.Module):
             use_cache=False,
         )
         return out.last_hidden_state
+
+    def resolved_packing(self, device: torch.device) -> str:
+        """The packing mode actually used on ``device``: ``auto`` becomes ``varlen`` where flash attention's
+        varlen kernels run (CUDA, ``flash_attention_*``), else ``group`` (sdpa/eager would turn varlen into a
+        dense block mask over the whole flattened batch, more work than the padding it removes)."""
+        if self.packing != "auto":
+            return self.packing
+        impl = str(getattr(self.model.config, "_attn_implementation", "") or "")
+        return "varlen" if device.type == "cuda" and impl.startswith("flash_attention") else "group"
+
+    def packed_hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        """:meth:`hidden_states` of a right-padded batch [B, L, E] without computing (most of) its padding.
+
+        Follows ``packing`` (see :meth:`resolved_packing`); returns [B, L, E] in the padded layout, equal to
+        :meth:`hidden_states` on real tokens (up to float rounding) and zero on padding under ``group`` and
+        ``varlen`` (nothing downstream may read padded positions)."""
+        mode = self.resolved_packing(inputs_embeds.device)
+        if mode == "pad" or inputs_embeds.shape[0] == 1:
+            return self.hidden_states(inputs_embeds, attention_mask, position_ids)
+        lengths = right_padded_lengths(attention_mask)  # [B]
+        if mode == "varlen":
+            return self._varlen_hidden_states(inputs_embeds, attention_mask, position_ids, lengths)
+        return self._grouped_hidden_states(inputs_embeds, attention_mask, position_ids, lengths)
+
+    def _grouped_hidden_states(self, embeds: Tensor, mask: Tensor, positions: Tensor, lengths: Tensor) -> Tensor:
+        """Run groups of similar length (see :func:`length_groups`), each trimmed to its longest row, and
+        put the rows back in batch order, padded to L with zeros."""
+        b, length, _ = embeds.shape
+        groups = length_groups(lengths.tolist(), self.group_overhead)
+        if len(groups) == 1:
+            return self.hidden_states(embeds, mask, positions)
+        parts, order = [], []
+        for rows in groups:
+            idx = torch.tensor(rows, device=embeds.device)
+            width = int(lengths[idx].max())
+            hidden = self.hidden_states(embeds[idx, :width], mask[idx, :width], positions[idx, :width])  # [G, l, E]
+            parts.append(F.pad(hidden, (0, 0, 0, length - width)))  # [G, L, E]
+            order.extend(rows)
+        inverse = torch.empty(b, dtype=torch.long, device=embeds.device)
+        inverse[torch.tensor(order, device=embeds.device)] = torch.arange(b, device=embeds.device)
+        hidden = torch.cat(parts) * mask[torch.tensor(order, device=embeds.device), :, None].to(embeds.dtype)
+        return hidden[inverse]  # [B, L, E] back in batch order, zero on padding
+
+    def _varlen_hidden_states(self, embeds: Tensor, mask: Tensor, positions: Tensor, lengths: Tensor) -> Tensor:
+        """Run all real tokens as one row [1, S] (S = sum of lengths) with ``attention_mask=None`` and position
+        ids restarting at 0 per sample: transformers reads the restarts as packed sequences and keeps attention
+        within each sample (block-causal mask on sdpa/eager, varlen kernels on flash attention, which also get
+        the cumulative lengths directly so no layer has to infer them)."""
+        real = mask.bool()  # [B, L]
+        flat = embeds[real][None]  # [1, S, E]
+        flat_pos = positions[real][None]  # [1, S]
+        kwargs = {}
+        if str(getattr(self.model.config, "_attn_implementation", "")).startswith("flash_attention"):
+            cu = cu_seqlens(lengths)  # [B + 1]
+            longest = int(lengths.max())
+            kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+        out = self.model.get_decoder()(inputs_embeds=flat, attention_mask=None, position_ids=flat_pos,
+                                       use_cache=False, **kwargs).last_hidden_state  # [1, S, E]
+        rows, cols = real.nonzero(as_tuple=True)  # [S] each, row-major like the flattening
+        return out.new_zeros(embeds.shape).index_put((rows, cols), out[0])  # [B, L, E]
 
     @torch.no_grad()
     def greedy(self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, max_new_tokens: int) -> Tensor:

@@ -263,7 +263,8 @@ class ARRCOCModel(nn.Module):
         text = self.llm.embed(input_ids)  # [B, T, E]
         packed = pack_multimodal(text, input_ids, attention_mask, visual, visual_mask,
                                  self.llm.image_token_id, labels=labels)
-        hidden = self.llm.hidden_states(packed.embeds, packed.attention_mask, packed.position_ids)  # [B, L, E]
+        # Padding is not computed where llm.packing allows (grouped / varlen); [B, L, E] either way.
+        hidden = self.llm.packed_hidden_states(packed.embeds, packed.attention_mask, packed.position_ids)  # [B, L, E]
 
         lm_loss = answer_logits = answer_targets = None
         if packed.labels is not None:

@@ -4,6 +4,10 @@ Each sample's prompt holds exactly one ``<image>`` placeholder; it is replaced b
 visual tokens (kept patches, then summary tokens). Sequences are compacted (no holes), padded to
 the batch maximum on one side, with an attention mask that hides padding from the LLM, position
 ids that count real tokens only, and labels that are -100 everywhere but on answer tokens.
+
+How the LLM then runs that padded batch without computing its padding (``LanguageModel.packing``:
+length groups, or one flattened varlen row) is decided here too (:data:`PACKINGS`, :func:`length_groups`);
+the padded layout stays the contract for everything downstream. See ``docs/packing.md``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from arrcoc.processing import IGNORE_INDEX
@@ -83,3 +88,68 @@ def pack_multimodal(
         if out_labels is not None:
             out_labels[i, sl] = labs[i]
     return PackedInputs(embeds, mask, positions, out_labels, vmask)
+
+
+# ---------------------------------------------------------------------------- running the padded batch
+#: How the LLM runs a right-padded packed batch (see docs/packing.md):
+#: ``pad`` the whole [B, L] batch (padding computed, correct with every model and attention kernel);
+#: ``group`` sub-batches of similar length, each trimmed to its own longest row (every attention kernel);
+#: ``varlen`` all real tokens in one [1, sum L_b] row with position ids restarting per sample, which
+#: transformers turns into per-sample attention (flash-attention varlen kernels; a dense block mask on
+#: sdpa/eager, costly); ``auto``: ``varlen`` under flash attention on CUDA, else ``group``.
+PACKINGS = ("pad", "group", "varlen", "auto")
+
+#: Fixed cost of one more decoder call, in padded tokens: what a group must save to be worth splitting off.
+#: Measured on CPU with the tiny preset (scripts/packing_bench.py); larger models make padding dearer, so
+#: a small value errs on the side of splitting.
+GROUP_OVERHEAD_TOKENS = 256
+
+
+def check_packing(packing: str) -> str:
+    """Validate a packing mode name, return it."""
+    if packing not in PACKINGS:
+        raise ValueError(f"llm.packing={packing!r}; valid: {list(PACKINGS)}")
+    return packing
+
+
+def right_padded_lengths(attention_mask: Tensor) -> Tensor:
+    """Real tokens per row [B] of a right-padded mask [B, L] (ones, then zeros); raises on any other layout,
+    since grouping and varlen assume real tokens start at column 0."""
+    lengths = attention_mask.sum(-1)  # [B]
+    cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    expected = (cols[None] < lengths[:, None]).to(attention_mask.dtype)  # [B, L]
+    if not torch.equal(attention_mask, expected):
+        raise ValueError("attention_mask is not right-padded (ones then zeros per row); grouped and varlen "
+                         "packing need pack_multimodal(..., padding_side='right'), or packing='pad'")
+    return lengths
+
+
+def length_groups(lengths: list[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split rows into groups of similar length that minimise the padded area plus ``overhead`` per group.
+
+    Rows are sorted by length; an optimal split of sorted rows into contiguous runs is found by dynamic
+    programming over cost(run) = rows(run) * longest(run) + overhead. Returns row indices per group,
+    shortest group first (each group's indices ascending by length)."""
+    if overhead < 0:
+        raise ValueError(f"overhead={overhead} must be >= 0 (padded tokens one decoder call costs)")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]  # sorted: the run's last row is its longest
+        for i in range(j):
+            cost = best[i] + (j - i) * longest + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def cu_seqlens(lengths: Tensor) -> Tensor:
+    """Sequence lengths [B] -> cumulative offsets [B + 1] int32 (0, L_0, L_0 + L_1, ...), flash-attention's
+    varlen layout of the flattened [1, sum L_b] row."""
+    return F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)

@@ -1,5 +1,7 @@
 """``arrcoc bench tokens``: the accuracy-per-token benchmark from a config and a checkpoint (see
-:mod:`arrcoc.bench.tokens` for the methods and :mod:`arrcoc.bench.report` for what is written)."""
+:mod:`arrcoc.bench.tokens` for the methods and :mod:`arrcoc.bench.report` for what is written).
+``arrcoc bench speed``: training-step, prefill and decode times per variant against the ideal (see
+:mod:`arrcoc.bench.speed`)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ def _build(configs: list[str], ckpt: Path, out: Path, overrides: list[str]):
     dm.prepare_data()
     dm.setup("validate")
     return cli.model.model, dm
+
+
+def _build_model(configs: list[str], ckpt: Path | None, out: Path, overrides: list[str]):
+    """The model alone the configs describe (weights from ``ckpt`` when given): no data is prepared."""
+    from arrcoc.train.cli import build_cli
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    argv = [a for c in configs for a in ("--config", c)]
+    # Without a checkpoint, a config's own init_from (the previous phase's) is dropped: timing needs no weights.
+    argv += ["--model.init_args.init_from", "null" if ckpt is None else str(ckpt)]
+    argv += ["--trainer.default_root_dir", str(out / "cli"), *overrides]
+    return build_cli(argv, run=False).model.model
 
 
 def tokens_main(argv: list[str]) -> int:
@@ -69,12 +83,71 @@ def tokens_main(argv: list[str]) -> int:
     return 0
 
 
+def speed_main(argv: list[str]) -> int:
+    import torch
+
+    from arrcoc.bench import speed
+
+    p = argparse.ArgumentParser(prog="arrcoc bench speed", description=speed.__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", default=None,
+                   help="a phase config (repeat for layers): time the model it builds instead of --shapes")
+    p.add_argument("--ckpt", type=Path, default=None,
+                   help="weights for the --config model (optional: random/preset weights time the same); with it, "
+                        "adaptive uses the checkpoint's own head budgets")
+    p.add_argument("--shapes", default="tiny",
+                   help=f"model shapes without --config: {', '.join(speed.SHAPES)} (1.5b/7b: random weights, CUDA "
+                        "only; default tiny)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda where visible)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
+    p.add_argument("--repeats", type=int, default=10, help="measured repeats, medians reported (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="repeats run first and dropped (default 2)")
+    p.add_argument("--out", type=Path, required=True, help="where speed.json and speed.md go")
+    p.epilog = "With --config, other options are config overrides, as for arrcoc validate."
+    args, overrides = p.parse_known_args(argv)
+    if overrides and not args.config:
+        p.error(f"unrecognized arguments: {' '.join(overrides)} (config overrides need --config)")
+    if args.config and args.shapes != "tiny":
+        p.error(f"--shapes {args.shapes} applies without --config; the configs decide the model's shapes")
+    if args.ckpt is not None and not args.config:
+        p.error("--ckpt needs --config (the architecture the checkpoint's weights belong to)")
+    if args.ckpt is not None and not args.ckpt.is_file():
+        p.error(f"--ckpt {args.ckpt} does not exist (give a checkpoint file such as runs/phase3/checkpoints/last.ckpt)")
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--repeats", args.repeats, 1),
+                             ("--warmup", args.warmup, 0)):
+        if value < low:
+            p.error(f"{flag} {value} must be >= {low}")
+    try:
+        speed.check_device(args.shapes, args.device)
+    except ValueError as err:
+        p.error(str(err))
+    config = speed.SpeedConfig(batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
+                               head_budgets=args.ckpt is not None)
+    console_logging()
+    device = torch.device(args.device)
+    torch.manual_seed(config.seed)
+    if args.config:
+        model = _build_model(args.config, args.ckpt, args.out, overrides).to(device)
+    else:
+        model = speed.build_model(args.shapes, device)
+    command = shlex.join(["arrcoc", "bench", "speed", *argv])
+    summary = speed.run_speed(model, config, device, command, "config" if args.config else args.shapes)
+    speed.write(summary, args.out)
+    print((args.out / "speed.md").read_text())
+    return 0
+
+
+BENCHMARKS = {"tokens": tokens_main, "speed": speed_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[2:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: arrcoc bench tokens --config FILE --ckpt CKPT --out DIR [--oracle] [--full-ckpt CKPT]")
+        print("usage: arrcoc bench tokens --config FILE --ckpt CKPT --out DIR [--oracle] [--full-ckpt CKPT]\n"
+              "       arrcoc bench speed --out DIR [--shapes tiny|1.5b|7b | --config FILE [--ckpt CKPT]] "
+              "[--device cpu|cuda] [--batch-size B] [--repeats R] [--warmup W]")
         return 0 if argv else 2
-    if argv[0] != "tokens":
-        print(f"arrcoc bench: unknown benchmark {argv[0]!r}; valid: tokens", file=sys.stderr)
+    if argv[0] not in BENCHMARKS:
+        print(f"arrcoc bench: unknown benchmark {argv[0]!r}; valid: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    return tokens_main(argv[1:])
+    return BENCHMARKS[argv[0]](argv[1:])
