@@ -4,7 +4,8 @@ A scheduler stops a job with SIGTERM (and SLURM warns with SIGUSR1 when asked to
 finishes the step it is in, saves ``last.ckpt`` at that step, stops, and the process exits with 128 + the
 signal's number (143 for SIGTERM, 138 for SIGUSR1), so ``fit phase1 && fit phase2`` chains and schedulers
 do not take it for success. The handler only sets a flag: saving happens in the training loop (saving
-inside a signal handler can deadlock on the locks the interrupted code holds).
+inside a signal handler can deadlock on the locks the interrupted code holds). Inside a SLURM job with
+Lightning's auto-requeue on, SIGUSR1 is left to Lightning's own handler (checkpoint, then requeue).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class GracefulStop(L.Callback):
         self.received, self.saved = None, None
         _stopped.clear()  # the exit code speaks of this run only
         for sig in self.signals:
+            if sig == signal.SIGUSR1 and _slurm_requeues(trainer):
+                continue  # Lightning's SLURM handler checkpoints and requeues on it (it installs only where none is)
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
 
@@ -91,6 +94,17 @@ class GracefulStop(L.Callback):
             print(f"[arrcoc] stopped by {signal.Signals(signum).name} at step {trainer.global_step}; checkpoint: "
                   f"{path} (resume: the same command with --ckpt_path {path}); exit code {128 + int(signum)}",
                   flush=True)
+
+
+def _slurm_requeues(trainer: L.Trainer) -> bool:
+    """Whether Lightning's SLURM auto-requeue (a SIGUSR1 handler that saves and requeues the job) is on."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    # Single-device strategies hold none; the trainer's connector holds it then (where Lightning's own
+    # signal connector looks too)
+    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(
+        getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    return isinstance(env, SLURMEnvironment) and bool(getattr(env, "auto_requeue", False))
 
 
 def checkpoint_dir(trainer: L.Trainer) -> Path:

@@ -94,3 +94,24 @@ def test_the_shipped_configs_checkpoint_every_few_minutes(phase):
     assert ckpts and ckpts[0]["save_last"] is True
     every = ckpts[0].get("every_n_train_steps")
     assert every and every < cfg["trainer"]["max_steps"]  # not only at the end (validation is at max_steps)
+
+
+def test_inside_slurm_sigusr1_stays_with_lightnings_requeue(monkeypatch):
+    import signal as sig
+
+    import lightning as L
+
+    from arrcoc.callbacks.stopping import GracefulStop
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS_PER_NODE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, devices=1)
+    before = sig.getsignal(sig.SIGUSR1)
+    stop = GracefulStop()
+    stop.setup(trainer, None, "fit")
+    try:
+        assert sig.getsignal(sig.SIGUSR1) == before  # left for Lightning's SLURM handler (checkpoint + requeue)
+        assert sig.getsignal(sig.SIGTERM) == stop._handle
+    finally:
+        stop.teardown(trainer, None, "fit")
