@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,10 @@ def _group(meta: dict, key: str) -> str:
 
 
 def cache_features(configs: list[str], src: Path, out: Path, dtype: str = "float16", batch_size: int = 64,
-                   device: str = "auto", samples_per_shard: int = 1000, progress: bool = True) -> FeatureStamp:
-    """Encode every image of the shards in ``src`` once and write the cache to ``out``; returns its stamp."""
+                   device: str = "auto", samples_per_shard: int = 1000, workers: int = 2,
+                   progress: bool = True) -> FeatureStamp:
+    """Encode every image of the shards in ``src`` once and write the cache to ``out``; returns its stamp.
+    ``workers`` loader processes decode and transform the images (0: in this process)."""
     from tqdm import tqdm
 
     if dtype not in DTYPES:
@@ -124,27 +127,22 @@ def cache_features(configs: list[str], src: Path, out: Path, dtype: str = "float
         bar.update(len(pending))
         pending.clear()
 
+    loader = torch.utils.data.DataLoader(_Decoded(source.urls, transform), batch_size=None, num_workers=workers)
     try:
         with ShardWriter(out, prefix=prefix, samples_per_shard=samples_per_shard) as writer:
-            for url in source.urls:
-                for raw in shard_samples(url, skips):
-                    try:
-                        sample = decode(raw)
-                        meta = json.loads(raw.files["json"])
-                        group = _group(meta, raw.key)
-                        if group not in rows:
-                            pixels = _pixels(transform, sample)
-                            rows[group] = len(rows)
-                            pending.append((rows[group], pixels))
-                    except BadSample as err:
-                        skips(Skip(raw.url, raw.key, err.reason, str(err)))
-                        continue
-                    meta = _in_crop(meta, sample, crop)
-                    meta["feature_index"] = rows[group]
-                    writer.write(raw.key.replace("/", "_"), meta)
-                    questions += 1
-                    if len(pending) >= batch_size:
-                        flush()
+            for item in loader:
+                if isinstance(item, Skip):
+                    skips(item)
+                    continue
+                if item.group not in rows:  # a worker sends pixels with the first question of an image it meets
+                    rows[item.group] = len(rows)
+                    pending.append((rows[item.group], item.pixels))
+                meta = _in_crop(item.meta, item.image_size, crop)
+                meta["feature_index"] = rows[item.group]
+                writer.write(item.key.replace("/", "_"), meta)
+                questions += 1
+                if len(pending) >= batch_size:
+                    flush()
             flush()
         stamp = FeatureStamp(encoder=spec["name"], pretrained=spec["pretrained"], layer=encoder.layer,
                              transform=repr(transform), dtype=dtype, patches=encoder.num_patches, width=encoder.width,
@@ -160,6 +158,48 @@ def cache_features(configs: list[str], src: Path, out: Path, dtype: str = "float
     return stamp
 
 
+@dataclass
+class _Item:
+    """One question, decoded in a loader worker: its json, its image's group, and the transformed image where
+    this worker meets the group first (``None`` after: the main process encodes each image once)."""
+
+    url: str
+    key: str
+    meta: dict
+    group: str
+    image_size: tuple[int, int]
+    pixels: torch.Tensor | None
+
+
+class _Decoded(torch.utils.data.IterableDataset):
+    """The shards' questions, decoded and transformed in loader workers (each takes every n-th shard, in order),
+    with every unusable sample as its :class:`Skip`; the main process keeps the encoder busy."""
+
+    def __init__(self, urls: list[str], transform) -> None:
+        self.urls, self.transform = urls, transform
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        seen: set[str] = set()
+        for url in self.urls[worker::workers]:
+            shard_skips: list[Skip] = []
+            for raw in shard_samples(url, shard_skips.append):
+                yield from shard_skips
+                shard_skips.clear()
+                try:
+                    sample = decode(raw)
+                    meta = json.loads(raw.files["json"])
+                    group = _group(meta, raw.key)
+                    pixels = None if group in seen else _pixels(self.transform, sample)
+                except BadSample as err:
+                    yield Skip(raw.url, raw.key, err.reason, str(err))
+                    continue
+                seen.add(group)
+                yield _Item(raw.url, raw.key, meta, group, sample["image"].size, pixels)
+            yield from shard_skips
+
+
 def _pixels(transform, sample: dict) -> torch.Tensor:
     if "image" not in sample:
         raise BadSample("not_an_image", "the input is already features; cache-features reads image shards")
@@ -169,13 +209,13 @@ def _pixels(transform, sample: dict) -> torch.Tensor:
         raise BadSample("bad_image", f"transform failed: {err}") from err
 
 
-def _in_crop(meta: dict, sample: dict, crop) -> dict:
+def _in_crop(meta: dict, image_size: tuple[int, int], crop) -> dict:
     """Object boxes moved into the encoder's crop, where a feature sample's boxes live (a feature sample
     has no image size to map from); objects the crop cuts off entirely are dropped."""
     objects = meta.get("objects")
     if not objects:
         return meta
-    boxes = crop([o["box"] for o in objects], sample["image"].size)
+    boxes = crop([o["box"] for o in objects], image_size)
     kept = [{"box": b, "named": o["named"]} for b, o in zip(boxes, objects, strict=True) if b[0] < b[2] and b[1] < b[3]]
     return {**meta, "objects": kept}
 
@@ -190,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--shard-size", type=int, default=1000, help="questions per output shard")
+    p.add_argument("--workers", type=int, default=2, help="processes that decode and transform images (default 2)")
     args = p.parse_args(argv)
     for path in args.config:
         if not Path(path).is_file():
@@ -198,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--in {args.src} is not a directory of shards")
     if args.batch_size < 1:
         p.error(f"--batch-size {args.batch_size} must be >= 1")
+    if args.workers < 0:
+        p.error(f"--workers {args.workers} must be >= 0")
     console_logging()
     t0 = time.perf_counter()
     try:
         stamp = cache_features(args.config, args.src, args.out, args.dtype, args.batch_size, args.device,
-                               args.shard_size)
+                               args.shard_size, args.workers)
     except ValueError as err:
         print(f"arrcoc data cache-features: {err}")
         return 2

@@ -6,14 +6,19 @@
 #
 # Steps, each under `timeout`, each logged to $OUT and recorded PASS/FAIL/TIMEOUT/SKIP in $OUT/summary.txt; a failed
 # step does not stop the next; the whole script keeps to $BUDGET seconds (default 420). At most 8 files land in
-# $OUT (the device tool brings back no more): summary.txt, setup.log, bench.log, pytest_cuda.log, deepspeed.log,
-# pytest_all.log.
+# $OUT (the device tool brings back no more): summary.txt, setup.log, bench.log, speed.log, pytest_cuda.log,
+# deepspeed.log, pytest_all.log.
 #   setup       wheels from .whl/ into $SITE (plus setuptools/typing_extensions from .whl/extra/ where the
 #               machine's are older than our wheels need), arrcoc itself (editable: `python -m arrcoc.cli` and
 #               `python -m pytest` run from the repo root, where a plain install would be shadowed by ./arrcoc,
 #               which lacks arrcoc.data and arrcoc.callbacks), versions, `pip check` of our packages, the tiny
 #               encoder's `shapes` weights
 #   bench       phase 1, bf16-mixed on the GPU, 50 steps, no validation, alone on the machine: samples/s
+#   speed       `arrcoc bench speed --shapes 1.5b` and `--shapes 7b` (EVA02-L-14-336 + a Qwen2-1.5B- / Llama-7B-
+#               shaped decoder, random weights, bf16), still alone on the machine: full / fixed@198 / fixed@64 /
+#               adaptive@198, from pixels and from features, against the ideal ratio (the reference ceilings:
+#               ../shared/reference/gpu_token_speed.*); then scripts/packing_bench.py on CUDA (pad vs length groups,
+#               and varlen under flash_attention_2 where flash_attn is installed)
 #   pytest_all  the whole suite (-n 8 where pytest-xdist is), --timeout 600, in the background from here on:
 #               torch 2.11 / transformers 5.17 are the oldest versions we support
 #   cuda_tests  tests/test_callbacks.py (its real ZeRO-2 test runs only where CUDA is)
@@ -210,6 +215,21 @@ if run_step bench/phase1-bf16-50steps 150 "$BENCH" arrcoc fit --config configs/p
         --trainer.default_root_dir "$WORK/bench"; then
     run_step bench/metrics 30 "$BENCH" bench_metrics && grep "^BENCH" "$BENCH" | sed 's/^/    /' >> "$SUMMARY"
 fi
+
+# ---------------------------------------------------------------------------------------------------- speed
+# Still alone on the machine. Issue 12's goals at real shapes: adaptive >= 95% of its ideal ratio, allocation
+# <= 3% of the step, the encoder's time gone with cached features.
+SPEED=$OUT/speed.log
+for shape in 1.5b 7b; do
+    if run_step "speed/$shape" 170 "$SPEED" arrcoc bench speed --shapes "$shape" --device cuda --batch-size 16 \
+            --repeats 6 --warmup 2 --out "$WORK/speed-$shape"; then
+        cat "$WORK/speed-$shape/speed.md" >> "$SPEED"
+        grep -E "^\| (full|fixed@198|adaptive@198) " "$WORK/speed-$shape/speed.md" | head -4 | sed "s/^/    $shape /" >> "$SUMMARY"
+    fi
+done
+ATTN=(); if "$PY" -c "import flash_attn" 2>/dev/null; then ATTN=(--attn flash_attention_2); fi
+run_step speed/packing 90 "$SPEED" "$PY" scripts/packing_bench.py --device cuda --repeats 11 "${ATTN[@]}" \
+    --overheads 64,256
 
 # ---------------------------------------------------------------------------------------------------- whole suite
 # In the background from here on (the bench above had the machine to itself): the CUDA tests and the DeepSpeed
