@@ -5,11 +5,15 @@ tokens spliced in (see :mod:`arrcoc.packing`) and predicts the answer. Real pres
 path through ``from_pretrained``; ``arrcoc-tiny-lm`` is a small Llama-style decoder with a locally built
 tokenizer, so nothing is downloaded: randomly initialised from its config, or (``pretrained: text``)
 loaded through ``from_pretrained`` from the weights ``arrcoc pretrain-lm`` made and the package ships.
+With ``lora`` the causal LM is wrapped in peft LoRA adapters (see :class:`LoraSpec` and the LoRA section
+at the end of this module): only they train.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -72,6 +76,10 @@ class LanguageModel(nn.Module):
             ``pad`` (the whole padded batch), ``group`` (sub-batches of similar length), ``varlen`` (one
             flattened row, per-sample attention), ``auto`` (``varlen`` under flash attention on CUDA, else
             ``group``). All give the padded result on real tokens; see ``docs/packing.md``.
+        lora: LoRA adapters (:class:`LoraSpec`: ``{r, alpha, dropout, target_modules}``; needs
+            ``pip install "arrcoc[peft]"``): the base weights stay frozen even where the phase trains the LLM, and
+            only the adapters learn. ``None`` (default): no adapters, the whole LLM trains where the phase says so.
+            Export with :meth:`save_pretrained` (adapters merged); see ``docs/scale-out.md``.
     """
 
     def __init__(
@@ -83,8 +91,10 @@ class LanguageModel(nn.Module):
         revision: str | None = None,
         pretrained: str | None = None,
         packing: str = "auto",
+        lora: LoraSpec | None = None,
     ) -> None:
         super().__init__()
+        lora = lora_spec(lora)
         self.packing = check_packing(packing)
         self.group_overhead: int = GROUP_OVERHEAD_TOKENS  # padded tokens one more decoder call is worth
         if dtype is not None and dtype not in _DTYPES:
@@ -111,10 +121,43 @@ class LanguageModel(nn.Module):
             model = AutoModelForCausalLM.from_pretrained(
                 name, dtype=_DTYPES[dtype] if dtype else "auto", attn_implementation=attn_implementation,
                 trust_remote_code=trust_remote_code, revision=revision)
+        if lora is not None:
+            model = wrap_lora(model, lora, name)
+        self.lora: LoraSpec | None = lora
         self.model: nn.Module = model
         self.tokenizer: PreTrainedTokenizerBase = tokenizer
         self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.hidden_size: int = int(model.config.hidden_size)
+
+    def requires_grad_(self, requires_grad: bool = True) -> LanguageModel:
+        """Turn training of this LLM on or off. With LoRA only the adapters follow ``requires_grad``: the base
+        weights stay frozen whoever asks, so a phase that trains the LLM (and a resumed run, which freezes and
+        unfreezes its components again) trains the adapters alone."""
+        if self.lora is None:
+            return super().requires_grad_(requires_grad)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(requires_grad and is_adapter_key(name))
+        return self
+
+    def merge_lora(self) -> nn.Module:
+        """Merge the LoRA adapters into the base weights, in place, and return the plain transformers model.
+
+        Afterwards this is a LanguageModel without LoRA (``lora`` is ``None``) with the same outputs, and its
+        state dict has the plain names: what a config with ``lora: null`` loads through ``init_from``. Without
+        LoRA it returns the model unchanged."""
+        if self.lora is not None:
+            self.model = merge_lora_model(self.model)
+            self.lora = None
+        return self.model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the LLM and its tokenizer as a plain transformers checkpoint (``from_pretrained`` loads it, and
+        so does ``LanguageModel(name=directory)``); LoRA adapters are merged in first (see :meth:`merge_lora`).
+        Returns the directory."""
+        out = Path(directory).expanduser()
+        self.merge_lora().save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        return out
 
     @property
     def dtype(self) -> torch.dtype:
@@ -232,3 +275,121 @@ class LanguageModel(nn.Module):
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+# ``LanguageModel(lora=LoraSpec(...))`` wraps its transformers model with :func:`wrap_lora`: the base weights stay as
+# they are (frozen) and each targeted linear layer gets two small trainable matrices. peft renames what it wraps, so
+# a LoRA model's state dict differs from the plain one in two ways:
+#   plain: llm.model.model.layers.0.self_attn.q_proj.weight
+#   LoRA:  llm.model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight
+#          llm.model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight  (an adapter)
+# :func:`plain_key` undoes the renaming and :func:`to_lora_names` uses it, so ``init_from`` loads a plain checkpoint
+# (phase 2's) into a LoRA model: the base weights land in ``base_layer`` and the adapters keep their initialisation
+# (``lora_B`` is zero, so the LoRA model starts exactly where the plain one was). Only wrapping and merging need the
+# ``peft`` package (``pip install "arrcoc[peft]"``); the name helpers do not.
+
+PEFT_WRAPPER = "base_model.model."  # what peft's PeftModel puts in front of the wrapped model's names
+BASE_LAYER = ".base_layer."  # what a LoRA layer puts between its name and the original layer's weights
+ADAPTER_MARK = "lora_"  # lora_A, lora_B, lora_embedding_A/B, lora_magnitude_vector (DoRA), lora_dropout
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters on the LLM (YAML: ``model.init_args.model.llm.init_args.lora``).
+
+    Args:
+        r: rank of each adapter (the update of a ``d_out x d_in`` weight is ``B @ A``, ``B``: ``d_out x r``).
+        alpha: scale of the update, applied as ``alpha / r``.
+        dropout: dropout on the adapters' input in training.
+        target_modules: ``all-linear`` (every linear layer of the decoder, not the output head) or module names
+            such as ``[q_proj, k_proj, v_proj, o_proj]`` (a name matches every module whose name ends with it).
+    """
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: str | list[str] = field(default="all-linear")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"llm.lora.r={self.r!r} must be an integer >= 1 (the adapter rank, e.g. 16)")
+        if self.alpha <= 0:
+            raise ValueError(f"llm.lora.alpha={self.alpha!r} must be > 0 (the update is scaled by alpha / r)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"llm.lora.dropout={self.dropout!r} must be in [0, 1)")
+        names = [self.target_modules] if isinstance(self.target_modules, str) else list(self.target_modules)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"llm.lora.target_modules={self.target_modules!r} must be 'all-linear' or a non-empty "
+                             "list of module names such as [q_proj, v_proj]")
+
+
+def lora_spec(lora: LoraSpec | dict | None) -> LoraSpec | None:
+    """``lora`` as a :class:`LoraSpec` (a plain dict from Python code is accepted too); ``None`` stays ``None``."""
+    if lora is None or isinstance(lora, LoraSpec):
+        return lora
+    if isinstance(lora, dict):
+        unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+        if unknown:
+            raise ValueError(f"llm.lora has unknown fields {sorted(unknown)}; valid: r, alpha, dropout, target_modules")
+        return LoraSpec(**lora)
+    raise ValueError(f"llm.lora={lora!r} must be a mapping {{r, alpha, dropout, target_modules}} or null")
+
+
+def require_peft():
+    """The ``peft`` module, or an ImportError saying how to install it."""
+    try:
+        import peft
+    except ImportError:
+        raise ImportError('llm.lora needs the peft package: pip install "arrcoc[peft]" (or pip install peft), '
+                          "or set llm.lora: null") from None
+    return peft
+
+
+def wrap_lora(model: nn.Module, spec: LoraSpec, name: str) -> nn.Module:
+    """``model`` (a transformers causal LM) wrapped in peft LoRA adapters as ``spec`` says; only the adapters train.
+
+    A ``target_modules`` that matches nothing in ``model`` is an error naming the linear layers it has."""
+    peft = require_peft()
+    config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                             target_modules=spec.target_modules
+                             if isinstance(spec.target_modules, str) else list(spec.target_modules))
+    try:
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return peft.get_peft_model(model, config)
+    except ValueError as err:
+        if "not found in the base model" not in str(err) and "were not found" not in str(err):
+            raise
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"llm.lora.target_modules={spec.target_modules!r} matches no module of {name!r}; its linear "
+                         f"layers are named {linear} (or use 'all-linear')") from None
+
+
+def merge_lora_model(model: nn.Module) -> nn.Module:
+    """The plain transformers model inside a LoRA-wrapped ``model``, with each adapter's update added into its
+    base weight (peft's ``merge_and_unload``): the same outputs, no adapters, the original state-dict names."""
+    return model.merge_and_unload()
+
+
+def is_adapter_key(key: str) -> bool:
+    """Whether a state-dict key or parameter name belongs to a LoRA adapter (not to the base model)."""
+    return any(part.startswith(ADAPTER_MARK) for part in key.split("."))
+
+
+def plain_key(key: str) -> str:
+    """The name ``key`` (of a LoRA model's base weight) has in the model without LoRA: peft's wrapper prefix and
+    ``base_layer`` removed. Names without them come back unchanged."""
+    return key.replace(PEFT_WRAPPER, "", 1).replace(BASE_LAYER, ".")
+
+
+def to_lora_names(state: dict[str, Tensor], own_keys: set[str]) -> tuple[dict[str, Tensor], int]:
+    """``state`` with every key the model lacks renamed to the model's LoRA name of the same weight, where it has
+    one (a plain checkpoint loaded into a LoRA model); returns the renamed dict and how many keys were renamed.
+    Keys the model has, and keys with no LoRA counterpart, are kept as they are (the caller reports them)."""
+    lora_name = {plain_key(k): k for k in own_keys if plain_key(k) != k and not is_adapter_key(k)}
+    renamed = {}
+    for key, value in state.items():
+        renamed[key if key in own_keys else lora_name.get(key, key)] = value
+    moved = sum(1 for key in state if key not in own_keys and key in lora_name)
+    return renamed, moved

@@ -33,10 +33,12 @@ class DeepSpeedSharding(L.Callback):
     When the strategy is DeepSpeed: turns on ``exclude_frozen_parameters`` (a frozen encoder is not
     written into every sharded checkpoint) and lets ``--ckpt_path`` resume from such a checkpoint
     (non-strict module loading: the frozen weights come from the config, as in the run that wrote
-    it); after the first optimizer step, logs what each rank holds (its trainable parameters, optimizer
-    state, CUDA memory); at fit end converts the last ZeRO checkpoint directory into one weights file
-    (``consolidated``: ``{'state_dict', 'global_step'}``) for ``init_from``: the trained weights in
-    fp32, with the frozen ones added back in their own dtype, so the next phase gets the whole model.
+    it); where the optimizer state is offloaded to the CPU, lets DeepSpeed step torch's AdamW there
+    (:func:`allow_torch_optimizer_offload`); after the first optimizer step, logs what each rank holds
+    (its trainable parameters, optimizer state, CUDA memory); at fit end converts the last ZeRO
+    checkpoint directory into one weights file (``consolidated``: ``{'state_dict', 'global_step'}``) for
+    ``init_from``: the trained weights in fp32, with the frozen ones added back in their own dtype, so the
+    next phase gets the whole model.
     Without DeepSpeed it does nothing and says so once.
 
     Args:
@@ -56,6 +58,7 @@ class DeepSpeedSharding(L.Callback):
         trainer.strategy.exclude_frozen_parameters = True
         # The checkpoints lack the frozen weights, so a strict load on resume would refuse them.
         pl_module.strict_loading = False
+        allow_torch_optimizer_offload(trainer.strategy)
         self._reported = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -96,6 +99,23 @@ class DeepSpeedSharding(L.Callback):
             log.info("consolidated %s -> %s with %d frozen tensors added back (give it to the next phase as "
                      "init_from)", ckpt, out, added)
         trainer.strategy.barrier()
+
+
+def allow_torch_optimizer_offload(strategy: DeepSpeedStrategy) -> bool:
+    """Where ``strategy`` offloads the optimizer state to the CPU (ZeRO-Offload), let DeepSpeed step the phases'
+    torch AdamW there: DeepSpeed refuses any optimizer but its own CPU Adam under offload unless
+    ``zero_force_ds_cpu_optimizer`` is false. Sets that (unless the config already says), logs it, and returns
+    whether the strategy offloads. torch's AdamW on the CPU is slower than DeepSpeed's CPU Adam; see
+    docs/scale-out.md."""
+    zero = strategy.config.get("zero_optimization", {}) if isinstance(strategy.config, dict) else {}
+    device = (zero.get("offload_optimizer") or {}).get("device", "none")
+    if device in (None, "none"):
+        return False
+    if "zero_force_ds_cpu_optimizer" not in strategy.config:
+        strategy.config["zero_force_ds_cpu_optimizer"] = False
+        log.info("DeepSpeedSharding: optimizer state offloaded to %s; torch's AdamW steps there "
+                 "(zero_force_ds_cpu_optimizer: false)", device)
+    return True
 
 
 def frozen_state(module: nn.Module, zero3: bool = False, keep: bool = True) -> dict[str, Tensor]:

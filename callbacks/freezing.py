@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from torch import Tensor
+
+from arrcoc.language_model import is_adapter_key
 
 log = logging.getLogger("arrcoc.train")
 
@@ -110,14 +114,27 @@ class EncoderFreezing(L.Callback):
 
 
 def parameter_table(pl_module: L.LightningModule) -> str:
-    """Trainable / total parameters per component, in data-flow order."""
+    """Trainable / total parameters per component, in data-flow order. An LLM with LoRA adapters gets two more
+    rows, ``llm.lora`` (the adapters) and ``llm.base`` (the wrapped model's own weights), so the table shows
+    which of the two trains."""
     rows = [("component", "trainable", "total")]
     for name, module in pl_module.model.components().items():
-        total = sum(p.numel() for p in module.parameters())
-        train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        rows.append((name, f"{train:,}", f"{total:,}"))
+        rows.append((name, *_counts(module.named_parameters())))
+        if getattr(module, "lora", None) is not None:
+            named = list(module.named_parameters())
+            rows.append((f"{name}.lora", *_counts((n, p) for n, p in named if is_adapter_key(n))))
+            rows.append((f"{name}.base", *_counts((n, p) for n, p in named if not is_adapter_key(n))))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}" for r in rows)
+
+
+def _counts(named: Iterable[tuple[str, Tensor]]) -> tuple[str, str]:
+    """(trainable, total) parameter counts of ``named`` parameters, formatted with thousands separators."""
+    train = total = 0
+    for _, p in named:
+        total += p.numel()
+        train += p.numel() if p.requires_grad else 0
+    return f"{train:,}", f"{total:,}"
 
 
 __all__ = ["EncoderFreezing", "Unfreeze", "parameter_table"]

@@ -15,7 +15,8 @@ CORE = ("arrcoc.model", "arrcoc.encoder", "arrcoc.language_model", "arrcoc.score
         "arrcoc.config")
 #: what the model and the data path share
 SHARED = ("arrcoc.presets", "arrcoc.processing")
-ENTRY_POINTS = ("arrcoc.cli", "arrcoc.demo", "arrcoc.bench.cli")  # commands that build runs as a user does
+#: commands that build runs as a user does
+ENTRY_POINTS = ("arrcoc.cli", "arrcoc.demo", "arrcoc.bench.cli", "arrcoc.visualize")
 
 
 def _modules() -> dict[str, Path]:

@@ -4,6 +4,11 @@ A phase starts from the last one's checkpoint: the components both phases share 
 their initialisation. Anything else in the file (a tensor of another shape, a weight this model lacks) is
 an error naming it, never silently dropped. The allocator's budget is configuration (non-persistent
 buffers), so no checkpoint holds it and each phase's config sets its own.
+
+An LLM with LoRA adapters (``llm.lora``) names its base weights as peft does: a checkpoint without LoRA (the
+previous phase's) loads into it by the plain names (:func:`arrcoc.language_model.to_lora_names`), and its adapters keep
+their initialisation (reported as ``loaded (LoRA adapters: init)``). A checkpoint with adapters loads only into a
+model with the same LoRA settings; for a model without LoRA, merge the adapters first (``merge_lora``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from arrcoc.language_model import is_adapter_key, to_lora_names
 
 log = logging.getLogger("arrcoc.train")
 
@@ -26,13 +33,24 @@ def load_weights(model: nn.Module, path: str) -> dict[str, str]:
     consolidated DeepSpeed file). A missing file, pickled objects besides tensors, a tensor whose shape
     differs, or a weight the model lacks is a ``FileNotFoundError`` / ``ValueError`` naming it.
     """
-    state = read_state_dict(path)
     own = model.state_dict()
+    state, renamed = to_lora_names(read_state_dict(path), set(own))
+    if renamed:
+        log.info("init_from %s: %d weights of an LLM without LoRA loaded into the base of this LoRA model", path,
+                 renamed)
     bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
            for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if bad:
         raise ValueError(f"init_from={path!r} does not match this architecture: " + "; ".join(bad[:5]))
     unexpected = sorted(k for k in state if k not in own)
+    adapters = [k for k in unexpected if is_adapter_key(k)]
+    if adapters:
+        has_lora = any(is_adapter_key(k) for k in own)
+        raise ValueError(
+            f"init_from={path!r} holds LoRA adapters this model lacks (e.g. {adapters[0]!r}, {len(adapters)} in all): "
+            + ("this model's llm.lora targets other modules; give it the llm.lora of the run that wrote the file"
+               if has_lora else "this model has llm.lora: null; give it the llm.lora of the run that wrote the file, "
+               "or merge the adapters into the base weights first (LanguageModel.merge_lora, docs/scale-out.md)"))
     if unexpected:
         raise ValueError(f"init_from={path!r} has weights this model lacks: {unexpected[:5]}"
                          + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
@@ -70,12 +88,17 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
 
 def coverage(model: nn.Module, keys: set[str]) -> dict[str, str]:
     """Per component of ``model``: ``loaded`` (every state-dict entry among ``keys``), ``init`` (none) or
-    ``partial (k/n)``."""
+    ``partial (k/n)``; ``loaded (LoRA adapters: init)`` where every base weight loaded and no LoRA adapter did
+    (a checkpoint without LoRA into a LoRA model: the adapters start from their initialisation by design)."""
     names = {id(module): name for name, module in model.named_modules()}
     report = {}
     for component, module in model.components().items():
         prefix = f"{names[id(module)]}." if names[id(module)] else ""
         own = [f"{prefix}{k}" for k in module.state_dict()]
         hit = sum(k in keys for k in own)
+        adapters = [k for k in own if is_adapter_key(k)]
+        if adapters and hit == len(own) - len(adapters) and not any(k in keys for k in adapters):
+            report[component] = "loaded (LoRA adapters: init)"
+            continue
         report[component] = "loaded" if hit == len(own) else ("init" if hit == 0 else f"partial ({hit}/{len(own)})")
     return report
