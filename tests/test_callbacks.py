@@ -158,19 +158,22 @@ def test_deepspeed_sharding_is_a_no_op_without_deepspeed(caplog):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: Lightning's DeepSpeed strategy requires it")
-def test_real_zero_run_consolidates_for_init_from(tmp_path):  # pragma: no cover - GPU machines only
+@pytest.mark.parametrize("stage", [2, 3])
+def test_real_zero_run_consolidates_for_init_from(tmp_path, stage):  # pragma: no cover - GPU machines only
     from arrcoc.data.datamodule import VQADataModule
     from arrcoc.data.sample_task import SampleTaskConfig
 
     dm = VQADataModule(sample_task=SampleTaskConfig(train=64, val=16), cache_dir=str(tmp_path / "c"),
                        batch_size=8, samples_per_epoch=64, num_workers=0)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=deepspeed_strategy(stage=2, batch_size=8),
+    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=deepspeed_strategy(stage=stage, batch_size=8),
                         max_steps=2, precision="bf16-mixed", callbacks=[ckpt, DeepSpeedSharding()], logger=False,
                         limit_val_batches=0)
     trainer.fit(RelevancePhase(ARRCOCModel()), datamodule=dm)
     phase = RelevancePhase(ARRCOCModel(), init_from=str(tmp_path / "ck" / "consolidated.pt"))
     assert phase.load_report["scorers"] == "loaded"
+    if stage == 3:  # the frozen weights are added back at consolidation: the whole model loads
+        assert set(phase.load_report.values()) == {"loaded"}
 
 
 

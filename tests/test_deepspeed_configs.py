@@ -5,7 +5,6 @@ optimizer. Construction only: a real ZeRO run needs CUDA (the GPU test at the en
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from arrcoc.callbacks import DeepSpeedSharding
@@ -95,25 +94,3 @@ def test_print_config_round_trips_with_each_layer(layer, tmp_path, capsys):
     first = printed(str(ROOT / "configs/phase3.yaml"), str(ROOT / layer))
     (tmp_path / "c.yaml").write_text(first)
     assert yaml.safe_load(printed(str(tmp_path / "c.yaml"))) == yaml.safe_load(first)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a real ZeRO run does (Lightning's DeepSpeed "
-                                                          "strategy requires it)")
-def test_real_zero3_run_consolidates_for_init_from(tmp_path):  # pragma: no cover - GPU machines only
-    import lightning as L
-
-    from arrcoc.callbacks import deepspeed_strategy
-    from arrcoc.data.datamodule import VQADataModule
-    from arrcoc.data.sample_task import SampleTaskConfig
-    from arrcoc.model import ARRCOCModel
-    from arrcoc.phases import RelevancePhase
-
-    dm = VQADataModule(sample_task=SampleTaskConfig(train=64, val=16), cache_dir=str(tmp_path / "c"),
-                       batch_size=8, samples_per_epoch=64, num_workers=0)
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=deepspeed_strategy(stage=3, batch_size=8),
-                        max_steps=2, precision="bf16-mixed", callbacks=[ckpt, DeepSpeedSharding()], logger=False,
-                        limit_val_batches=0)
-    trainer.fit(RelevancePhase(ARRCOCModel()), datamodule=dm)
-    phase = RelevancePhase(ARRCOCModel(), init_from=str(tmp_path / "ck" / "consolidated.pt"))
-    assert set(phase.load_report.values()) == {"loaded"}

@@ -96,10 +96,13 @@ def test_the_shipped_configs_checkpoint_every_few_minutes(phase):
     assert every and every < cfg["trainer"]["max_steps"]  # not only at the end (validation is at max_steps)
 
 
-def test_inside_slurm_sigusr1_stays_with_lightnings_requeue(monkeypatch):
+def test_inside_slurm_sigusr1_is_graceful_stops_and_lightnings_requeue_is_off(monkeypatch):
+    """Inside a SLURM job GracefulStop takes SIGUSR1 too (checkpoint from the training loop, then requeue; see
+    tests/test_slurm_requeue.py): Lightning's own auto-requeue, which saves inside its signal handler, is off."""
     import signal as sig
 
     import lightning as L
+    from lightning.fabric.plugins.environments import SLURMEnvironment
 
     from arrcoc.callbacks.stopping import GracefulStop
 
@@ -107,11 +110,14 @@ def test_inside_slurm_sigusr1_stays_with_lightnings_requeue(monkeypatch):
                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS_PER_NODE": "1"}.items():
         monkeypatch.setenv(key, value)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, devices=1)
-    before = sig.getsignal(sig.SIGUSR1)
+    env = trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue  # Lightning's default, before the run
     stop = GracefulStop()
     stop.setup(trainer, None, "fit")
     try:
-        assert sig.getsignal(sig.SIGUSR1) == before  # left for Lightning's SLURM handler (checkpoint + requeue)
+        assert sig.getsignal(sig.SIGUSR1) == stop._handle
         assert sig.getsignal(sig.SIGTERM) == stop._handle
+        assert env.auto_requeue is False  # Lightning installs no SLURM handler of its own
+        assert env.world_size() == 1 and env.global_rank() == 0  # SLURM still tells the ranks
     finally:
         stop.teardown(trainer, None, "fit")

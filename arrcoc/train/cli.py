@@ -7,12 +7,14 @@ override reaches every key that interpolates it.
 
 from __future__ import annotations
 
+import csv
 import importlib
 import inspect
 import logging
 import os
 import sys
 import typing
+import warnings
 import zipfile
 from typing import Any
 
@@ -25,7 +27,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import arrcoc
 import arrcoc.callbacks
 import arrcoc.data
-from arrcoc.callbacks.stopping import AtomicCheckpointIO, GracefulStop, stopped_by_signal
+from arrcoc import slurm
+from arrcoc.callbacks.stopping import AtomicCheckpointIO, GracefulStop, disable_lightning_requeue, stopped_by_signal
 from arrcoc.console import console_logging
 from arrcoc.data.datamodule import VQADataModule
 from arrcoc.phases import PhaseModule
@@ -46,8 +49,12 @@ class ARRCOCCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         """The configured Trainer, plus what every arrcoc run gets: :class:`GracefulStop` (SIGTERM/SIGUSR1 save a
         checkpoint, then exit 128 + signal) and checkpoints written atomically beside their destination
-        (:class:`AtomicCheckpointIO`; DeepSpeed writes its own directories)."""
+        (:class:`AtomicCheckpointIO`; DeepSpeed writes its own directories). Inside a SLURM job, Lightning's own
+        auto-requeue is off (GracefulStop requeues from the training loop) and the loggers write to one version
+        per job, which its requeues continue (:func:`pin_logger_versions`)."""
         trainer = super().instantiate_trainer(**kwargs)
+        disable_lightning_requeue(trainer)  # SIGUSR1 inside SLURM: GracefulStop's (fit) or the default (others)
+        pin_logger_versions(trainer)
         if not any(isinstance(cb, GracefulStop) for cb in trainer.callbacks):
             trainer.callbacks.append(GracefulStop())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -65,6 +72,7 @@ class ARRCOCCLI(LightningCLI):
         cfg = self._subcommand_config()
         if self.config.get("subcommand") == "fit":
             _check_writable(cfg.trainer.get("default_root_dir") or os.getcwd())
+            resume_requeued_job(cfg)
         # LightningCLI re-reads the model's hyperparameters from --ckpt_path, class included: resuming
         # another phase's checkpoint would silently turn this run into that phase.
         resumed = _phase_class(cfg)
@@ -96,6 +104,57 @@ class ARRCOCCLI(LightningCLI):
                     "resuming from %s, which holds every weight: init_from %s is not loaded", ckpt,
                     init_args.init_from)
                 init_args.init_from = None
+
+
+def resume_requeued_job(cfg: Namespace) -> None:
+    """A requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) given no ``--ckpt_path`` resumes from the run's last
+    checkpoint (``ckpt_path="last"``: the newest ``last*.ckpt`` of its ModelCheckpoint; none yet: from the start).
+
+    A requeue reruns the batch script's command unchanged, so it cannot name the checkpoint itself: the one that
+    :class:`GracefulStop` saved at SIGUSR1 before requeueing, that it saved at SIGTERM when SLURM preempted and
+    requeued the job, or the last periodic one after a node failure. A first run (count 0) and a hand resubmission
+    never resume on their own: they give ``--ckpt_path``."""
+    if cfg.get("ckpt_path") is not None or slurm.restart_count() == 0:
+        return
+    cfg.ckpt_path = "last"
+    logging.getLogger("arrcoc.train").info("SLURM job %s, restart %d: resuming from the run's last checkpoint",
+                                           slurm.job_id(), slurm.restart_count())
+
+
+def pin_logger_versions(trainer: Any) -> None:
+    """Inside a SLURM batch job, a CSV or TensorBoard logger without a configured version writes to
+    ``version_<job id>``, which every requeue of the job shares (a new version per requeue would cut the curves).
+    A requeue's CSV logger appends to the job's ``metrics.csv`` (Lightning's writer deletes an existing one).
+
+    Sets the loggers' ``_version``, which Lightning reads when the run first asks for the version (after this)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    job = slurm.job_id()
+    if job is None:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger | TensorBoardLogger) and getattr(logger, "_version", None) is None:
+            logger._version = int(job) if job.isdigit() else job
+            if isinstance(logger, CSVLogger) and trainer.is_global_zero:
+                _keep_csv_metrics(logger)
+
+
+def _keep_csv_metrics(logger: Any) -> None:
+    """Let ``logger`` append to the ``metrics.csv`` already in its directory: the writer is created with the file
+    set aside (Lightning's writer deletes an existing one), then the file goes back and its columns are known."""
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        return
+    aside = f"{path}.requeued"
+    os.replace(path, aside)
+    try:
+        with warnings.catch_warnings():  # "previous log files ... will be deleted": not this one
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = logger.experiment
+    finally:
+        os.replace(aside, path)
+    with open(path, encoding="utf-8", newline="") as f:
+        writer.metrics_keys = next(csv.reader(f), [])  # in the file's order: rows are appended under this header
 
 
 def _component(model: Any, name: str) -> tuple[str | None, Any]:
