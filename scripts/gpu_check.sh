@@ -22,6 +22,8 @@
 #   pytest_all  the whole suite (-n 8 where pytest-xdist is), --timeout 600, in the background from here on:
 #               torch 2.11 / transformers 5.17 are the oldest versions we support
 #   cuda_tests  tests/test_callbacks.py (its real ZeRO-2 test runs only where CUDA is)
+#   deepspeed   (also: phase 3 under ZeRO-3, and with LoRA under ZeRO-2: 10 steps, resume to 14, predict from the
+#               consolidated file)
 #   deepspeed   phase 1 -> phase 2 (bf16-mixed, 10 steps each) -> phase 3 under DeepSpeed ZeRO-2
 #               (configs/presets/deepspeed.yaml, 20 steps), then consolidated.pt loads with weights_only=True,
 #               the run resumes from its ZeRO checkpoint directory to step 24 (--ckpt_path), and
@@ -300,6 +302,23 @@ run_step deepspeed/init_from-validate 150 "$DS_LOG" arrcoc validate --config con
     "${SHORT[@]}" --trainer.default_root_dir "$WORK/p3-validate" \
     --model.init_args.init_from "$WORK/p3/checkpoints/consolidated.pt" &&
 run_step deepspeed/init_from-report 10 "$DS_LOG" check_init_from_log
+# Issue 14: the same phase 3 under ZeRO-3, and with LoRA adapters under ZeRO-2 (each: a few steps, consolidated,
+# resumed, predict); one line each in the summary.
+for variant in zero3 lora; do
+    if [[ $variant == zero3 ]]; then LAYERS=(--config configs/deepspeed/zero3.yaml); else
+        LAYERS=(--config configs/deepspeed/zero2.yaml --config configs/presets/lora.yaml); fi
+    D=$WORK/p3-$variant
+    run_step "deepspeed/$variant" 150 "$DS_LOG" arrcoc fit --config configs/phase3.yaml "${LAYERS[@]}" "${SHORT[@]}" \
+        --trainer.max_steps 10 --trainer.default_root_dir "$D" \
+        --model.init_args.init_from "$WORK/p2/checkpoints/last.ckpt" &&
+    run_step "deepspeed/$variant-resume" 150 "$DS_LOG" arrcoc fit --config configs/phase3.yaml "${LAYERS[@]}" \
+        "${SHORT[@]}" --trainer.max_steps 14 --trainer.default_root_dir "$D" \
+        --model.init_args.init_from "$WORK/p2/checkpoints/last.ckpt" --ckpt_path "$D/checkpoints/last.ckpt" &&
+    run_step "deepspeed/$variant-predict" 120 "$DS_LOG" arrcoc predict --config configs/phase3.yaml "${GPU[@]}" \
+        "${SHORT[@]}" $( [[ $variant == lora ]] && echo --config configs/presets/lora.yaml ) \
+        --trainer.default_root_dir "$D-predict" --model.init_args.init_from "$D/checkpoints/consolidated.pt" &&
+    note "    $variant: trained 10, resumed to 14, consolidated and predicted ($(wc -l < "$D-predict/predictions.jsonl" 2>/dev/null || echo 0) predictions)"
+done
 grep -E "ZeRO stage|consolidated .* ->|consolidated.pt:|init_from .*consolidated" "$DS_LOG" | grep -v "^INFO:" |
     sed 's/^/    /' >> "$SUMMARY"
 
