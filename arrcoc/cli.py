@@ -9,7 +9,7 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 COMMANDS = {
     "demo": ("arrcoc.demo", "train phases 1 -> 2 -> 3 on the tiny preset, then compare token budgets"),
     "data": ("arrcoc.data.cli", "convert, generate, inspect and benchmark VQA shards; cache encoder features"),
-    "bench": ("arrcoc.bench.cli", "benchmarks: `bench tokens` (accuracy per visual token vs equal-token baselines), `bench speed`"),
+    "bench": ("arrcoc.bench.cli", "benchmarks: `bench tokens` (accuracy per visual token), `bench speed` (step times)"),
     "visualize": ("arrcoc.visualize", "draw where the allocation looks for an image and question(s), side by side"),
     "pretrain-encoder": ("arrcoc.pretrain.encoder", "pretrain the embedded tiny encoder on the sample task"),
     "pretrain-lm": ("arrcoc.pretrain.lm", "pretrain the embedded tiny LLM on the sample task's questions, in words"),

@@ -80,3 +80,14 @@ def test_a_bad_image_says_what_the_bytes_were(tmp_path):
     with pytest.raises(BadSample, match=r"png \(12 bytes\): cannot identify image file the image") as err:
         decode(raw)
     assert "BytesIO" not in str(err.value)
+
+
+def test_the_cli_does_not_warn_about_its_own_arguments(tmp_path):
+    # `arrcoc fit ...` passes LightningCLI the command line it also finds in sys.argv; its warning about that is
+    # noise to a user (issue 15's quiet console)
+    from conftest import arrcoc
+
+    out = arrcoc("fit", "--config", PHASE3, "--model.init_args.model.min_tokens", "300",
+                 "--model.init_args.model.max_tokens", "100", "--trainer.default_root_dir", str(tmp_path))
+    assert out.returncode == 2 and "min_tokens=300" in out.stderr
+    assert "LightningCLI's args parameter" not in out.stderr + out.stdout

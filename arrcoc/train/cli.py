@@ -250,16 +250,20 @@ def _admits_none(param: inspect.Parameter) -> bool:
 def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
     """The CLI object; with ``run=False`` it only parses and instantiates (``cli.model``, ``cli.datamodule``)."""
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    return ARRCOCCLI(
-        model_class=PhaseModule,
-        subclass_mode_model=True,
-        datamodule_class=VQADataModule,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_kwargs={"overwrite": True},  # a SLURM requeue re-runs in the same log dir
-        seed_everything_default=0,
-        args=argv,
-        run=run,
-    )
+    with warnings.catch_warnings():
+        # `arrcoc fit ...` hands LightningCLI the command line it was given, which LightningCLI then also finds in
+        # sys.argv and warns about: noise to a user of arrcoc (issue 15).
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
+        return ARRCOCCLI(
+            model_class=PhaseModule,
+            subclass_mode_model=True,
+            datamodule_class=VQADataModule,
+            parser_kwargs={"parser_mode": "omegaconf+"},
+            save_config_kwargs={"overwrite": True},  # a SLURM requeue re-runs in the same log dir
+            seed_everything_default=0,
+            args=argv,
+            run=run,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
