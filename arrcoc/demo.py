@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{CONFIGS} not found: run the demo from a source checkout (make demo)")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint} does not exist (give a phase-3 last.ckpt)")
-    from arrcoc.console import console_logging
+    from arrcoc.console import console_logging, quiet_libraries
     from arrcoc.train.cli import build_cli
 
     console_logging()  # the init_from reports and parameter tables, as `arrcoc fit` shows them
+    quiet_libraries()  # library messages that say nothing to a user of arrcoc (arrcoc fit --verbose keeps them)
     t_start = time.perf_counter()
     steps = args.steps or [None, None, None]
     prev = args.checkpoint

@@ -29,7 +29,7 @@ import arrcoc.callbacks
 import arrcoc.data
 from arrcoc import slurm
 from arrcoc.callbacks.stopping import AtomicCheckpointIO, GracefulStop, disable_lightning_requeue, stopped_by_signal
-from arrcoc.console import console_logging
+from arrcoc.console import console_logging, quiet_libraries
 from arrcoc.data.datamodule import VQADataModule
 from arrcoc.phases import PhaseModule
 from arrcoc.presets import TINY_ENCODER, TINY_LM
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     console_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
+    quiet_libraries(verbose)
     argv = [a for a in argv if a != "--verbose"]
     command = argv[0] if argv else "fit"
     try:
