@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from arrcoc.console import console_logging
+from arrcoc.console import console_logging, quiet_libraries
 from arrcoc.data.features import DTYPES, FeatureStamp, FeatureStoreWriter, is_cache
 from arrcoc.data.shards import BadSample, ShardWriter, Skip, decode, read_manifest, shard_samples
 from arrcoc.data.sources import resolve
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0:
         p.error(f"--workers {args.workers} must be >= 0")
     console_logging()
+    quiet_libraries()
     t0 = time.perf_counter()
     try:
         stamp = cache_features(args.config, args.src, args.out, args.dtype, args.batch_size, args.device,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from arrcoc.console import console_logging
+from arrcoc.console import console_logging, quiet_libraries
 from arrcoc.data.prompt import VQAPromptBuilder
 from arrcoc.model import AllocationRecord, ARRCOCModel
 from arrcoc.processing.files import atomic_path
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ckpt.is_file():
         p.error(f"--ckpt {args.ckpt} does not exist (give a checkpoint file such as runs/phase3/checkpoints/last.ckpt)")
     console_logging()
+    quiet_libraries()
     try:
         image = load_image(args.image)
     except (FileNotFoundError, ValueError) as err:

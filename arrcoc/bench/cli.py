@@ -15,7 +15,7 @@ from pathlib import Path
 from arrcoc.bench.budgets import ORACLE_KS
 from arrcoc.bench.report import summarize, write
 from arrcoc.bench.tokens import BenchConfig, TokenBench
-from arrcoc.console import console_logging
+from arrcoc.console import console_logging, quiet_libraries
 
 
 def _build(configs: list[str], ckpt: Path, out: Path, overrides: list[str]):
@@ -67,6 +67,7 @@ def tokens_main(argv: list[str]) -> int:
         if path is not None and not path.is_file():
             p.error(f"{flag} {path} does not exist (give a checkpoint file such as runs/phase3/checkpoints/last.ckpt)")
     console_logging()
+    quiet_libraries()
     t0 = time.perf_counter()
     model, dm = _build(args.config, args.ckpt, args.out, overrides)
     full_model = _build(args.config, args.full_ckpt, args.out, overrides)[0] if args.full_ckpt else None
@@ -124,6 +125,7 @@ def speed_main(argv: list[str]) -> int:
     config = speed.SpeedConfig(batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
                                head_budgets=args.ckpt is not None)
     console_logging()
+    quiet_libraries()
     device = torch.device(args.device)
     torch.manual_seed(config.seed)
     if args.config:
