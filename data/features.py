@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from arrcoc.processing.files import write_text
+
 FEATURES_JSON = "features.json"
 PATCH_STORE = "features.npy"
 CLS_STORE = "cls.npy"
@@ -123,9 +125,7 @@ class FeatureStoreWriter:
         del self.patches, self.cls
         for final, tmp in self._tmp.items():
             os.replace(tmp, self.out_dir / final)
-        tmp = self.out_dir / f".{FEATURES_JSON}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(stamp.to_json(), indent=1))
-        os.replace(tmp, self.out_dir / FEATURES_JSON)
+        write_text(self.out_dir / FEATURES_JSON, json.dumps(stamp.to_json(), indent=1))  # last: the cache exists
 
     def abort(self) -> None:
         self.patches = self.cls = None

@@ -22,7 +22,6 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor
 
 from arrcoc.model import ARRCOCModel
+from arrcoc.processing.files import write_text
 
 log = logging.getLogger("arrcoc.bench")
 
@@ -630,26 +630,11 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what an ordinary write would give
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(summary: dict[str, Any], out: Path) -> None:
     """``out/speed.json`` and ``out/speed.md``."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "speed.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    _atomic_write(out / "speed.md", markdown(summary))
+    write_text(out / "speed.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    write_text(out / "speed.md", markdown(summary))
 
 
 __all__ = ["SHAPES", "SpeedBench", "SpeedConfig", "Variant", "adaptive_spread", "batch_budgets", "build_model",

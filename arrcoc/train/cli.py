@@ -91,10 +91,6 @@ class ARRCOCCLI(LightningCLI):
             if os.path.isdir(ckpt) and not os.path.exists(os.path.join(ckpt, "latest")):
                 raise FileNotFoundError(f"--ckpt_path {ckpt!r} is a directory but not a DeepSpeed checkpoint (it has "
                                         "no 'latest' file); give a checkpoint file such as .../last.ckpt")
-            if os.path.isfile(ckpt) and not zipfile.is_zipfile(ckpt):  # torch.save writes a zip archive
-                size = os.path.getsize(ckpt)
-                raise ValueError(f"--ckpt_path {ckpt!r} is not a readable checkpoint ({size} bytes, not a torch.save "
-                                 "archive: a save that was cut off, or another file); give a complete checkpoint")
             init_args = cfg.model.get("init_args") if isinstance(cfg.get("model"), Namespace) else None
             if os.path.isfile(ckpt) and init_args is not None and init_args.get("init_from"):
                 # A checkpoint file holds every weight, so init_from would be loaded only to be overwritten
@@ -250,20 +246,16 @@ def _admits_none(param: inspect.Parameter) -> bool:
 def build_cli(argv: list[str], run: bool = True) -> ARRCOCCLI:
     """The CLI object; with ``run=False`` it only parses and instantiates (``cli.model``, ``cli.datamodule``)."""
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    with warnings.catch_warnings():
-        # `arrcoc fit ...` hands LightningCLI the command line it was given, which LightningCLI then also finds in
-        # sys.argv and warns about: noise to a user of arrcoc (issue 15).
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
-        return ARRCOCCLI(
-            model_class=PhaseModule,
-            subclass_mode_model=True,
-            datamodule_class=VQADataModule,
-            parser_kwargs={"parser_mode": "omegaconf+"},
-            save_config_kwargs={"overwrite": True},  # a SLURM requeue re-runs in the same log dir
-            seed_everything_default=0,
-            args=argv,
-            run=run,
-        )
+    return ARRCOCCLI(
+        model_class=PhaseModule,
+        subclass_mode_model=True,
+        datamodule_class=VQADataModule,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        save_config_kwargs={"overwrite": True},  # a SLURM requeue re-runs in the same log dir
+        seed_everything_default=0,
+        args=argv,
+        run=run,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
