@@ -98,13 +98,30 @@ def shared_tiny_model() -> ARRCOCModel:
     return ARRCOCModel().eval()
 
 
-def run_ddp_script(script: Path, out: Path, timeout: int = 300) -> None:
-    """Run a two-process CPU DDP script (``python script OUT``) outside any cluster environment; fail with its
-    stderr if it fails or hangs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+def ddp_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child DDP run, without what would make it unlike a user's run: a cluster's
+    rank variables, and the seed variables Lightning's ``seed_everything`` leaves in ``os.environ`` for the rest of
+    the test session (``PL_GLOBAL_SEED``, ``PL_SEED_WORKERS``). ``ARRCOC_TEST_WATCHDOG`` arms the scripts'
+    watchdog (:mod:`hang_watchdog`): a hang prints every thread's stack and exits before the test's timeout."""
+    drop = ("SLURM_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", "")
+    return {**env, **extra}
+
+
+def run_ddp(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a two-process CPU DDP script (``python *args``) outside any cluster environment. A hang ends in the
+    script's watchdog (stacks of every thread of every rank) a minute before ``timeout``; the failure message
+    shows the end of stderr, where those stacks are."""
+    env = ddp_env(ARRCOC_TEST_WATCHDOG=str(max(timeout - 60, 30)))
     try:
-        run = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
-                             timeout=timeout)
+        run = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"DDP run hung (killed after {timeout} s): {err.stderr!s:.2000}") from err
-    assert run.returncode == 0, run.stderr[-3000:]
+        raise AssertionError(f"DDP run hung (killed after {timeout} s): ...{str(err.stderr)[-6000:]}") from err
+    assert run.returncode == 0, run.stderr[-6000:]
+    return run
+
+
+def run_ddp_script(script: Path, out: Path, timeout: int = 300) -> None:
+    """Run a two-process CPU DDP script (``python script OUT``); fail with its stderr if it fails or hangs."""
+    run_ddp([str(script), str(out)], timeout)

@@ -7,6 +7,7 @@ counts would hang; the test runs this under a timeout that fails instead.
 import json
 import sys
 
+import hang_watchdog  # noqa: F401  (first: a hang prints every thread's stack; see tests/hang_watchdog.py)
 import lightning as L
 import torch
 

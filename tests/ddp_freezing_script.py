@@ -4,6 +4,7 @@ unfrozen at step 2 by EncoderFreezing; each rank records that block's weights ev
 import json
 import sys
 
+import hang_watchdog  # noqa: F401  (first: a hang prints every thread's stack; see tests/hang_watchdog.py)
 import lightning as L
 import torch
 

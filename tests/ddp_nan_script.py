@@ -5,6 +5,7 @@ at the end, on both ranks."""
 import json
 import sys
 
+import hang_watchdog  # noqa: F401  (first: a hang prints every thread's stack; see tests/hang_watchdog.py)
 import lightning as L
 import torch
 

@@ -2,13 +2,12 @@
 uneven shards, and no hang (a timeout fails the test instead of hanging CI)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from shardkit import add_to_manifest, write_broken_shard, write_dataset
+
+from conftest import run_ddp
 
 pytestmark = pytest.mark.slow  # two processes, each building a model and a trainer
 
@@ -24,14 +23,7 @@ def test_two_process_ddp(tmp_path):
     good = write_broken_shard(val / "data-000003.tar", str(tmp_path / "marker"), start=2000)
     add_to_manifest(val, "data-000003.tar", 10)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
-    env["PYTHONPATH"] = str(SCRIPT.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        run = subprocess.run([sys.executable, str(SCRIPT), str(train), str(val), str(tmp_path)], env=env,
-                             capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"DDP run hung (killed after 300 s): {err.stderr!s:.2000}") from err
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_ddp([str(SCRIPT), str(train), str(val), str(tmp_path)])
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
