@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerBase
 
 from arrcoc.packing import GROUP_OVERHEAD_TOKENS, check_packing, cu_seqlens, length_groups, right_padded_lengths
 from arrcoc.presets import TEXT_TAG, TINY_LM, text_checkpoint
@@ -29,10 +29,13 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+TINY_HIDDEN = 128  # the tiny preset's width
+
+
 def _tiny_lm(vocab_size: int, pad_id: int, bos_id: int, eos_id: int, attn_implementation: str | None) -> nn.Module:
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=128,
+        hidden_size=TINY_HIDDEN,
         intermediate_size=384,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -55,6 +58,16 @@ def _tiny_checkpoint(pretrained: str) -> str:
         raise FileNotFoundError(f"llm.pretrained={pretrained!r} is neither {TEXT_TAG!r} (the shipped weights) nor a "
                                 "checkpoint directory with a config.json (what `arrcoc pretrain-lm --out DIR` writes)")
     return str(path)
+
+
+def _hidden_size(name: str, pretrained: str | None, trust_remote_code: bool, revision: str | None) -> int:
+    """The LLM's hidden size read from its config alone (a deferred build needs it for the projector's width)."""
+    if name == TINY_LM and pretrained is None:
+        return TINY_HIDDEN
+    source = _tiny_checkpoint(pretrained) if name == TINY_LM else name
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                        **({"revision": revision} if name != TINY_LM and revision else {}))
+    return int(config.hidden_size)
 
 
 class LanguageModel(nn.Module):
@@ -80,6 +93,10 @@ class LanguageModel(nn.Module):
             ``pip install "arrcoc[peft]"``): the base weights stay frozen even where the phase trains the LLM, and
             only the adapters learn. ``None`` (default): no adapters, the whole LLM trains where the phase says so.
             Export with :meth:`save_pretrained` (adapters merged); see ``docs/scale-out.md``.
+        deferred: build the transformers model later, in :meth:`build` (a phase calls it in Lightning's
+            ``configure_model`` hook), not here. Under DeepSpeed ZeRO-3 that hook runs inside ``zero.Init``, so each
+            weight is split across the GPUs as it is created instead of every rank holding the whole LLM first
+            (``configs/deepspeed/zero3.yaml`` turns it on). Until then only the tokenizer and the config exist.
     """
 
     def __init__(
@@ -92,6 +109,7 @@ class LanguageModel(nn.Module):
         pretrained: str | None = None,
         packing: str = "auto",
         lora: LoraSpec | None = None,
+        deferred: bool = False,
     ) -> None:
         super().__init__()
         lora = lora_spec(lora)
@@ -102,38 +120,63 @@ class LanguageModel(nn.Module):
         if pretrained is not None and name != TINY_LM:
             raise ValueError(f"llm.pretrained={pretrained!r} applies to {TINY_LM} only; {name!r} loads its own "
                              "weights: leave pretrained null (or point name at a local checkpoint)")
-        self.name, self.pretrained = name, pretrained
-        tokenizer = build_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
+        self.name, self.pretrained, self.lora = name, pretrained, lora
+        self._build_args = {"dtype": dtype, "trust_remote_code": trust_remote_code,
+                            "attn_implementation": attn_implementation, "revision": revision}
+        self.tokenizer: PreTrainedTokenizerBase = build_tokenizer(name, trust_remote_code=trust_remote_code,
+                                                                  revision=revision)
+        self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.model: nn.Module | None = None  # the transformers model (peft-wrapped with LoRA); see build()
+        if deferred:
+            self.hidden_size: int = _hidden_size(name, pretrained, trust_remote_code, revision)
+        else:
+            self.build()
+
+    @property
+    def built(self) -> bool:
+        """Whether the transformers model exists (always, unless ``deferred`` and :meth:`build` has not run)."""
+        return self.model is not None
+
+    def build(self) -> LanguageModel:
+        """Create (or load) the transformers model, wrapped in LoRA adapters where ``lora`` says; nothing if it is
+        built already. Under a live ``HfDeepSpeedConfig`` of ZeRO-3 (the phase's ``configure_model`` makes one),
+        transformers splits each weight as it is created and loaded."""
+        if self.model is not None:
+            return self
+        name, pretrained, tokenizer, args = self.name, self.pretrained, self.tokenizer, self._build_args
+        dtype, attn = args["dtype"], args["attn_implementation"]
         if name == TINY_LM and pretrained is None:
             model = _tiny_lm(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id, attn_implementation)
+                             tokenizer.eos_token_id, attn)
             if dtype is not None:
                 model.to(_DTYPES[dtype])
         elif name == TINY_LM:
             model = AutoModelForCausalLM.from_pretrained(
                 _tiny_checkpoint(pretrained), dtype=_DTYPES[dtype] if dtype else torch.float32,
-                attn_implementation=attn_implementation or "sdpa")
-            if model.get_input_embeddings().num_embeddings != len(tokenizer):
-                raise ValueError(f"llm.pretrained={pretrained!r} has a vocabulary of "
-                                 f"{model.get_input_embeddings().num_embeddings} tokens; the tiny tokenizer has "
-                                 f"{len(tokenizer)}: remake it with `arrcoc pretrain-lm`")
+                attn_implementation=attn or "sdpa")
+            if model.config.vocab_size != len(tokenizer):
+                raise ValueError(f"llm.pretrained={pretrained!r} has a vocabulary of {model.config.vocab_size} "
+                                 f"tokens; the tiny tokenizer has {len(tokenizer)}: remake it with "
+                                 "`arrcoc pretrain-lm`")
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                name, dtype=_DTYPES[dtype] if dtype else "auto", attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code, revision=revision)
-        if lora is not None:
-            model = wrap_lora(model, lora, name)
-        self.lora: LoraSpec | None = lora
-        self.model: nn.Module = model
-        self.tokenizer: PreTrainedTokenizerBase = tokenizer
-        self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.hidden_size: int = int(model.config.hidden_size)
+                name, dtype=_DTYPES[dtype] if dtype else "auto", attn_implementation=attn,
+                trust_remote_code=args["trust_remote_code"], revision=args["revision"])
+        if self.lora is not None:
+            model = wrap_lora(model, self.lora, name)
+        hidden = int(model.config.hidden_size)
+        if getattr(self, "hidden_size", hidden) != hidden:  # deferred: the config read at construction said otherwise
+            raise ValueError(f"llm {name!r}: the built model's hidden size {hidden} differs from its config's "
+                             f"{self.hidden_size}")
+        self.model = model
+        self.hidden_size = hidden
+        return self
 
     def requires_grad_(self, requires_grad: bool = True) -> LanguageModel:
         """Turn training of this LLM on or off. With LoRA only the adapters follow ``requires_grad``: the base
         weights stay frozen whoever asks, so a phase that trains the LLM (and a resumed run, which freezes and
         unfreezes its components again) trains the adapters alone."""
-        if self.lora is None:
+        if self.lora is None or self.model is None:  # unbuilt (deferred): no weights yet; the phase freezes after build
             return super().requires_grad_(requires_grad)
         for name, param in self.model.named_parameters():
             param.requires_grad_(requires_grad and is_adapter_key(name))

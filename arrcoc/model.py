@@ -208,6 +208,17 @@ class ARRCOCModel(nn.Module):
         self.full_tokens = full_tokens
 
     # ------------------------------------------------------------------ structure
+    @property
+    def built(self) -> bool:
+        """False while the LLM waits for :meth:`build` (``llm.deferred``: built in the phase's ``configure_model``)."""
+        return self.llm.built
+
+    def build(self) -> ARRCOCModel:
+        """Build what construction deferred (the LLM's weights, see ``LanguageModel(deferred=True)``); a built
+        model is returned as it is."""
+        self.llm.build()
+        return self
+
     def components(self) -> dict[str, nn.Module]:
         """Named parts, in data-flow order: what freezing, per-component learning rates and the
         trainable-parameter table address."""

@@ -132,8 +132,9 @@ def _counts(named: Iterable[tuple[str, Tensor]]) -> tuple[str, str]:
     """(trainable, total) parameter counts of ``named`` parameters, formatted with thousands separators."""
     train = total = 0
     for _, p in named:
-        total += p.numel()
-        train += p.numel() if p.requires_grad else 0
+        n = int(getattr(p, "ds_numel", p.numel()))  # a ZeRO-3 parameter's own numel is 0 between uses
+        total += n
+        train += n if p.requires_grad else 0
     return f"{train:,}", f"{total:,}"
 
 

@@ -52,6 +52,10 @@ def test_a_strategy_is_built_from_each_layer(layer, tmp_path):
     assert (zero.get("offload_param", {}).get("device") == "cpu") == offload_params
     assert strategy.exclude_frozen_parameters  # frozen weights stay out of every ZeRO checkpoint
     assert strategy.config["train_micro_batch_size_per_gpu"] == 12  # follows data.batch_size
+    # ZeRO-3 layers defer the LLM to configure_model (built there split across the GPUs); ZeRO-2 builds it whole
+    assert cli.model.model.built == (stage != 3)
+    cli.model.configure_model()
+    assert cli.model.model.built and cli.model.model.llm.hidden_size == 128
     # DeepSpeedSharding (phase3.yaml) lets DeepSpeed step the phases' torch AdamW where the optimizer is offloaded
     cb = next(c for c in cli.trainer.callbacks if isinstance(c, DeepSpeedSharding))
     cb.setup(cli.trainer, cli.model, "fit")
@@ -62,6 +66,7 @@ def test_a_strategy_is_built_from_each_layer(layer, tmp_path):
                          ids=lambda p: Path(p).stem)
 def test_the_frozen_encoder_stays_out_of_the_optimizer(layer, tmp_path):
     phase = build(layer, tmp_path).model
+    phase.configure_model()  # as Lightning does before configure_optimizers (ZeRO-3 layers build the LLM there)
     optimizer = phase.configure_optimizers()
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     encoder = list(phase.model.encoder.parameters())

@@ -33,6 +33,7 @@ from arrcoc.phases.evaluation import write_budget_histogram
 from arrcoc.phases.guard import NonFiniteGuard
 from arrcoc.phases.throughput import Throughput
 from arrcoc.phases.weights import load_weights
+from arrcoc.phases.zero3 import transformers_zero3_config
 from arrcoc.presets import TINY_LM
 
 log = logging.getLogger("arrcoc.train")
@@ -88,13 +89,14 @@ class PhaseModule(L.LightningModule):
         unknown = set(lr or {}) - set(model.components())
         if unknown:
             raise ValueError(f"lr has unknown components {sorted(unknown)}; valid: {sorted(model.components())}")
-        if init_from is not None:
-            self.load_report = load_weights(model, init_from)
         self.train_llm = (model.llm.name == TINY_LM) if train_llm is None else train_llm
         if full_tokens is not None:
             self.full_tokens = full_tokens  # this run's setting shadows the phase's default
         self.model.full_tokens = self.full_tokens
-        self._freeze()
+        self.load_report: dict[str, str] | None = None
+        self._zero3_config: Any = None  # transformers' ZeRO-3 switch, alive while the run is (see configure_model)
+        if model.built:  # else configure_model builds the LLM, then loads init_from and freezes
+            self._complete_model()
         self.val_acc, self.val_exact, self.val_acc_full = VQAAccuracy(), ExactMatch(), VQAAccuracy()
         # Updated only with valid samples, logged on every step by every rank: DDP reductions stay aligned.
         self.val_loss, self.val_tokens = MeanMetric(), MeanMetric()
@@ -103,6 +105,25 @@ class PhaseModule(L.LightningModule):
         self.val_samples = SumMetric()  # samples evaluated (valid ones), over all ranks
         self.nan_guard = NonFiniteGuard(max_in_a_row=max_nan_steps)
         self.throughput = Throughput()
+
+    # ------------------------------------------------------------------ building
+    def _complete_model(self) -> None:
+        """What needs every weight: ``init_from``, then freezing (at construction, or after a deferred build)."""
+        if self.hparams.init_from is not None:
+            self.load_report = load_weights(self.model, self.hparams.init_from)
+        self._freeze()
+
+    def configure_model(self) -> None:
+        """Build a deferred LLM (``llm.deferred: true``), then load ``init_from`` and freeze; nothing when the model
+        was built at construction. Lightning calls this hook before fit, validate, test and predict; under
+        DeepSpeed ZeRO-3 it runs inside ``deepspeed.zero.Init``, and transformers is told so (``HfDeepSpeedConfig``)
+        so that ``from_pretrained`` splits each weight as it loads it: no rank holds the whole LLM."""
+        if self.model.built:
+            return
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        self._zero3_config = transformers_zero3_config(strategy)
+        self.model.build()
+        self._complete_model()
 
     # ------------------------------------------------------------------ what learns
     def trainable_components(self) -> list[str]:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from arrcoc.language_model import is_adapter_key, to_lora_names
+from arrcoc.phases.zero3 import full_shape, gathered, is_partitioned
 
 log = logging.getLogger("arrcoc.train")
 
@@ -33,13 +34,13 @@ def load_weights(model: nn.Module, path: str) -> dict[str, str]:
     consolidated DeepSpeed file). A missing file, pickled objects besides tensors, a tensor whose shape
     differs, or a weight the model lacks is a ``FileNotFoundError`` / ``ValueError`` naming it.
     """
-    own = model.state_dict()
+    own = model.state_dict(keep_vars=True)  # parameters themselves: a ZeRO-3 one knows its whole shape
     state, renamed = to_lora_names(read_state_dict(path), set(own))
     if renamed:
         log.info("init_from %s: %d weights of an LLM without LoRA loaded into the base of this LoRA model", path,
                  renamed)
-    bad = [f"{k}: {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
-           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    bad = [f"{k}: {tuple(v.shape)} in file vs {full_shape(own[k])} in model"
+           for k, v in state.items() if k in own and tuple(v.shape) != full_shape(own[k])]
     if bad:
         raise ValueError(f"init_from={path!r} does not match this architecture: " + "; ".join(bad[:5]))
     unexpected = sorted(k for k in state if k not in own)
@@ -54,10 +55,24 @@ def load_weights(model: nn.Module, path: str) -> dict[str, str]:
     if unexpected:
         raise ValueError(f"init_from={path!r} has weights this model lacks: {unexpected[:5]}"
                          + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
-    model.load_state_dict(state, strict=False)
+    if any(is_partitioned(t) for t in own.values()):
+        _load_partitioned(own, state)
+    else:
+        model.load_state_dict(state, strict=False)
     report = coverage(model, set(state))
     log.info("init_from %s: %s", path, ", ".join(f"{k} {v}" for k, v in report.items()))
     return report
+
+
+def _load_partitioned(own: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """Copy ``state`` into a model whose weights are split by ZeRO-3 (a deferred LLM built in ``configure_model``):
+    one weight at a time gathered whole, written, and split back, so no rank holds the whole model. Every rank
+    reads the same file and takes part in each gather; rank 0's copy is the one that is kept."""
+    with torch.no_grad():
+        for key, value in state.items():
+            target = own[key]
+            with gathered([target], modifier_rank=0):
+                target.data.copy_(value)
 
 
 def read_state_dict(path: str) -> dict[str, Tensor]:
