@@ -15,29 +15,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from arrcoc.console import console_logging, quiet_libraries
 from arrcoc.data.prompt import VQAPromptBuilder
-from arrcoc.model import AllocationRecord, ARRCOCModel
+from arrcoc.figures import Column, columns_of, figure
+from arrcoc.model import ARRCOCModel
 from arrcoc.processing.files import atomic_path
-
-DIM = 0.3  # brightness left to a dropped patch
-
-
-@dataclass
-class Column:
-    """One question's allocation on the image."""
-
-    question: str
-    answer: str
-    record: AllocationRecord
-    relevance: np.ndarray | None  # [N] the balanced map (None in full-token mode)
 
 
 def load_image(path: Path) -> Image.Image:
@@ -73,60 +60,7 @@ def allocate(model: ARRCOCModel, image: Image.Image, questions: list[str], budge
                                              batch_first=True)
     out = model.generate(ids, mask, pixel_values=pixels.expand(len(questions), -1, -1, -1), question_ids=q_ids,
                          question_mask=q_mask, budget=budget, max_new_tokens=max_new_tokens)
-    rel = out.allocation.relevance
-    columns = [Column(q, a, r, None if rel is None else rel[i].float().cpu().numpy())
-               for i, (q, a, r) in enumerate(zip(questions, out.texts, out.allocation.records(), strict=True))]
-    return pixels, columns
-
-
-def shown_image(model: ARRCOCModel, pixels: torch.Tensor) -> np.ndarray:
-    """The encoder's input [3, S, S] back to an RGB array [S, S, 3] in [0, 1] (its normalisation undone)."""
-    cfg = getattr(model.encoder.visual, "preprocess_cfg", {}) or {}
-    mean = torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0))).view(3, 1, 1)
-    std = torch.tensor(cfg.get("std", (1.0, 1.0, 1.0))).view(3, 1, 1)
-    return (pixels * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def figure(model: ARRCOCModel, pixels: torch.Tensor, columns: list[Column]):
-    """A matplotlib figure: one column per question (image with the selection; scorer and balanced maps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    gh, gw = model.encoder.grid
-    img = shown_image(model, pixels)  # [S, S, 3]
-    size_h, size_w = img.shape[0] / gh, img.shape[1] / gw
-    names = list(columns[0].record.scorer_maps) + (["balanced"] if columns[0].relevance is not None else [])
-    fig = plt.figure(figsize=(4.2 * len(columns), 5.8 if names else 4.6))
-    outer = fig.add_gridspec(2 if names else 1, len(columns), height_ratios=[3, 1] if names else [1])
-    for c, col in enumerate(columns):
-        kept = np.zeros(gh * gw, dtype=bool)
-        kept[col.record.kept_indices.numpy()] = True
-        shade = np.where(kept.reshape(gh, gw), 1.0, DIM).repeat(round(size_h), 0).repeat(round(size_w), 1)
-        ax = fig.add_subplot(outer[0, c])
-        ax.imshow(img * shade[: img.shape[0], : img.shape[1], None])
-        for idx in np.flatnonzero(kept):  # outline kept patches
-            y, x = divmod(int(idx), gw)
-            ax.add_patch(Rectangle((x * size_w - 0.5, y * size_h - 0.5), size_w, size_h, fill=False,
-                                   edgecolor="yellow", linewidth=0.4))
-        weights = ", ".join(f"{n[:4]} {w:.2f}" for n, w in col.record.weights.items())
-        ax.set_title(f"Q: {col.question}\nA: {col.answer}    k = {col.record.budget} of {gh * gw}"
-                     + (f"\nweights: {weights}" if weights else ""), fontsize=8)
-        ax.axis("off")
-        if names:
-            inner = outer[1, c].subgridspec(1, len(names))
-            maps = [col.record.scorer_maps[n].numpy() for n in names if n != "balanced"]
-            if col.relevance is not None:
-                maps.append(col.relevance)
-            for j, (name, m) in enumerate(zip(names, maps, strict=True)):
-                mx = fig.add_subplot(inner[0, j])
-                mx.imshow(m.reshape(gh, gw), cmap="magma")
-                mx.set_title(name, fontsize=7)
-                mx.axis("off")
-    fig.tight_layout()
-    return fig
+    return pixels, columns_of(out, questions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ def test_interpolation_follows_overrides(capsys):
     assert code == 0, err[-3000:]
     cfg = yaml.safe_load(out)
     assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "/x/y/checkpoints"
-    assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == "/x/y"
+    assert [lg["init_args"]["save_dir"] for lg in cfg["trainer"]["logger"]] == ["/x/y", "/x/y"]  # TensorBoard, CSV
 
 
 def test_errors_name_the_problem(capsys, tmp_path):

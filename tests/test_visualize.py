@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from arrcoc.visualize import DIM, allocate, figure, main, shown_image
+from arrcoc.figures import DIM, figure, shown_image
+from arrcoc.visualize import allocate, main
 from conftest import ROOT, draw_image
 
 QUESTIONS = ["What color is the triangle?", "How many circles are there in the image?"]

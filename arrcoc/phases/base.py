@@ -240,10 +240,11 @@ class PhaseModule(L.LightningModule):
             return skip  # a zero that back-propagates exact zeros; the optimizer step then drops them
         n = len(batch["input_ids"])
         vt = out.allocation.visual_tokens.float()  # (n,)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=n)
+        for k, v in losses.items():  # the bar shows the loss, the visual tokens and samples/s
+            self.log(f"train/{k}", v.detach(), prog_bar=k == "loss", batch_size=n)
         self.log("train/visual_tokens", vt.mean(), prog_bar=True, batch_size=n)
         for name, rate in self.throughput.step(n, vt, self.trainer.world_size).items():
-            self.log(name, rate, batch_size=n)
+            self.log(name, rate, batch_size=n, prog_bar=name == "perf/samples_per_s")
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -335,6 +336,16 @@ class PhaseModule(L.LightningModule):
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             log.warning("predict: no prediction writer among the callbacks, so nothing is written to disk; add "
                         "arrcoc.callbacks.PredictionWriter (the phase configs have it)")
+
+    @torch.no_grad()
+    def answer(self, batch: dict[str, Any], rows: list[int] | None = None):
+        """The model's answers and allocations (``ARRCOCModel.generate``) for a batch, or for some of its rows, with
+        this phase's ``max_new_tokens`` (what callbacks such as ``AllocationFigures`` draw)."""
+        inputs = model_inputs(batch)
+        if rows is not None:
+            index = torch.tensor(rows, device=batch["input_ids"].device)
+            inputs = {k: v.index_select(0, index) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        return self.model.generate(**inputs, max_new_tokens=self.hparams.max_new_tokens)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         gen = self.model.generate(**model_inputs(batch), max_new_tokens=self.hparams.max_new_tokens)

@@ -49,9 +49,9 @@ class ARRCOCCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         """The configured Trainer, plus what every arrcoc run gets: :class:`GracefulStop` (SIGTERM/SIGUSR1 save a
         checkpoint, then exit 128 + signal) and checkpoints written atomically beside their destination
-        (:class:`AtomicCheckpointIO`; DeepSpeed writes its own directories). Inside a SLURM job, Lightning's own
-        auto-requeue is off (GracefulStop requeues from the training loop) and the loggers write to one version
-        per job, which its requeues continue (:func:`pin_logger_versions`)."""
+        (:class:`AtomicCheckpointIO`; DeepSpeed writes its own directories). The CSV and TensorBoard loggers share
+        one version (:func:`pin_logger_versions`): inside a SLURM job, one per job, which its requeues continue;
+        there Lightning's own auto-requeue is off (GracefulStop requeues from the training loop)."""
         trainer = super().instantiate_trainer(**kwargs)
         disable_lightning_requeue(trainer)  # SIGUSR1 inside SLURM: GracefulStop's (fit) or the default (others)
         pin_logger_versions(trainer)
@@ -118,21 +118,31 @@ def resume_requeued_job(cfg: Namespace) -> None:
 
 
 def pin_logger_versions(trainer: Any) -> None:
-    """Inside a SLURM batch job, a CSV or TensorBoard logger without a configured version writes to
-    ``version_<job id>``, which every requeue of the job shares (a new version per requeue would cut the curves).
-    A requeue's CSV logger appends to the job's ``metrics.csv`` (Lightning's writer deletes an existing one).
+    """Give the CSV and TensorBoard loggers without a configured version one version between them, so that they
+    write into one ``version_<N>`` directory (the phase configs have both; each would otherwise count the
+    directories on its own, and the second would find the first's and take the next number). Inside a SLURM batch
+    job that version is ``<job id>``, which every requeue of the job shares (a new version per requeue would cut the
+    curves), and a requeue's CSV logger appends to the job's ``metrics.csv`` (Lightning's writer deletes an existing
+    one). Elsewhere it is the first logger's next free number.
 
     Sets the loggers' ``_version``, which Lightning reads when the run first asks for the version (after this)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    job = slurm.job_id()
-    if job is None:
+    loggers = [lg for lg in trainer.loggers
+               if isinstance(lg, CSVLogger | TensorBoardLogger) and getattr(lg, "_version", None) is None]
+    if not loggers:
         return
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger | TensorBoardLogger) and getattr(logger, "_version", None) is None:
-            logger._version = int(job) if job.isdigit() else job
-            if isinstance(logger, CSVLogger) and trainer.is_global_zero:
-                _keep_csv_metrics(logger)
+    job = slurm.job_id()
+    if job is not None:
+        version: int | str = int(job) if job.isdigit() else job
+    elif len(loggers) > 1 and len({os.path.abspath(lg.root_dir) for lg in loggers}) == 1:
+        version = loggers[0].version  # counted once, before either logger has made its directory
+    else:
+        return
+    for logger in loggers:
+        logger._version = version
+        if job is not None and isinstance(logger, CSVLogger) and trainer.is_global_zero:
+            _keep_csv_metrics(logger)
 
 
 def _keep_csv_metrics(logger: Any) -> None:
