@@ -1,12 +1,14 @@
 """A quiet console: a fit shows arrcoc's messages, not library noise (Lightning's eval-mode warning about the
-frozen encoder, a deprecation inside Lightning, LightningCLI's own-arguments warning, a logging-service tip);
+frozen encoder, a deprecation inside Lightning, LightningCLI's own-arguments warning, a logging-service tip, the
+CSV logger's complaint about the directory it shares with TensorBoard, transformers' weight-loading bar);
 `--verbose` brings them back."""
 
 import pytest
 
 from conftest import TINY, arrcoc
 
-NOISE = ("module(s) in eval mode at the start of training", "LeafSpec", "LightningCLI's args parameter", "💡 Tip")
+NOISE = ("module(s) in eval mode at the start of training", "LeafSpec", "LightningCLI's args parameter", "💡 Tip",
+         "exists and is not empty", "Loading weights")
 
 
 @pytest.mark.slow  # two short fits in subprocesses
