@@ -40,7 +40,8 @@ class RunReport(L.Callback):
         stopped = "reached max_steps" if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps else \
             f"stopped at step {trainer.global_step}"
         lines += [f"Run directory `{trainer.default_root_dir}`, logs `{log_dir}`; {stopped}.", ""]
-        lines += ["## Final metrics", "", "| metric | value |", "|---|---:|"]
+        lines += ["## Final metrics", "", "Training metrics are the last logged step's; validation metrics the last "
+                  "validation's.", "", "| metric | value |", "|---|---:|"]
         lines += [f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items())] or ["| (none logged) | |"]
         lines.append("")
         histogram = _last_histogram(log_dir / "val_budget_histogram.jsonl")
