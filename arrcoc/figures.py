@@ -25,13 +25,16 @@ class Column:
     references: list[str] = field(default_factory=list)  # the reference answers, where known (validation)
 
 
-def columns_of(generated, questions: list[str], references: list[list[str]] | None = None) -> list[Column]:
-    """One :class:`Column` per row of a ``model.generate`` output (its answers and allocation)."""
+def columns_of(generated, questions: list[str], references: list[list[str]] | None = None,
+               rows: list[int] | None = None) -> list[Column]:
+    """One :class:`Column` per row of a ``model.generate`` output (its answers and allocation), or per row in
+    ``rows``; ``questions`` and ``references`` are given for those rows only."""
+    rows = list(range(len(generated.texts))) if rows is None else rows
     rel = generated.allocation.relevance  # [B, N] or None
-    refs = references or [[] for _ in questions]
-    return [Column(q, a, r, None if rel is None else rel[i].float().cpu().numpy(), list(refs[i]))
-            for i, (q, a, r) in enumerate(zip(questions, generated.texts, generated.allocation.records(),
-                                              strict=True))]
+    records = generated.allocation.records()
+    refs = references or [[] for _ in rows]
+    return [Column(q, generated.texts[i], records[i], None if rel is None else rel[i].float().cpu().numpy(),
+                   list(r)) for q, i, r in zip(questions, rows, refs, strict=True)]
 
 
 def shown_image(model: ARRCOCModel, pixels: torch.Tensor) -> np.ndarray:

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     argv_cli = [a for c in args.config for a in ("--config", c)]
     argv_cli += ["--model.init_args.init_from", str(args.ckpt), "--trainer.default_root_dir",
                  str(args.out.parent / ".arrcoc-visualize"), *overrides]
-    model = build_cli(argv_cli, run=False).model.model
+    phase = build_cli(argv_cli, run=False).model
+    phase.configure_model()  # builds an LLM the config defers (llm.deferred: the ZeRO-3 layers), loads init_from
+    model = phase.model
     pixels, columns = allocate(model, image, args.question, args.budget)
     fig = figure(model, pixels, columns)
     with atomic_path(args.out) as tmp:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
+from arrcoc.phases.zero3 import gathered
 from arrcoc.processing.files import atomic_path
 
 log = logging.getLogger("arrcoc.train")
@@ -128,13 +129,7 @@ def frozen_state(module: nn.Module, zero3: bool = False, keep: bool = True) -> d
     out: dict[str, Tensor] = {}
     for key in keys:
         tensor = entries[key]
-        if zero3 and isinstance(tensor, nn.Parameter) and hasattr(tensor, "ds_id"):
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
-        else:
-            gathered = contextlib.nullcontext()
-        with gathered:
+        with gathered([tensor]) if zero3 else contextlib.nullcontext():  # a collective for a split weight
             if keep:
                 out[key] = tensor.detach().cpu().clone()
     return out

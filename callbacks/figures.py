@@ -26,7 +26,8 @@ class AllocationFigures(L.Callback):
     figures (``allocation/sample<i>``, with a step slider). Validation on cached encoder features has no image to
     draw: then it says so once and draws nothing.
 
-    Works with a :class:`~arrcoc.phases.PhaseModule` (its ``model`` and ``answer``).
+    Works with a :class:`~arrcoc.phases.PhaseModule`: its ``validation_step`` returns the batch's answers and
+    allocations, which this draws.
 
     Args:
         num_samples: samples with a figure (0: none).
@@ -50,10 +51,9 @@ class AllocationFigures(L.Callback):
         draw = not trainer.sanity_checking and self.validations % self.every == 0 and trainer.is_global_zero
         self._left = self.num_samples if draw else 0
 
-    @torch.no_grad()
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._left <= 0:
+        if self._left <= 0 or not hasattr(outputs, "allocation"):  # a module whose validation_step returns no answers
             return
         if batch.get("pixel_values") is None:  # a feature cache: nothing to draw on
             if not self._said_features:
@@ -65,8 +65,9 @@ class AllocationFigures(L.Callback):
         rows = batch["valid"].nonzero().flatten()[: self._left].tolist()
         if not rows:
             return
-        generated = pl_module.answer(batch, rows)  # the phase's own generation, for these rows
-        columns = columns_of(generated, [batch["question"][i] for i in rows], [batch["answers"][i] for i in rows])
+        # the answers and allocations validation_step just made: nothing runs the model again (and every rank runs
+        # the same forward passes, which ZeRO-3 needs)
+        columns = columns_of(outputs, [batch["question"][i] for i in rows], [batch["answers"][i] for i in rows], rows)
         self._samples += [(batch["pixel_values"][i].float().cpu(), col) for i, col in zip(rows, columns, strict=True)]
         self._left -= len(rows)
 

@@ -29,6 +29,7 @@ class ProgressLines(L.Callback):
         self.every, self.force = every_n_steps, force
         self.active = False
         self._start: tuple[float, int] = (0.0, 0)
+        self._last = -1  # the step of the last line (one per optimizer step, also under gradient accumulation)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bar = trainer.progress_bar_callback is not None and getattr(trainer.progress_bar_callback, "is_enabled", True)
@@ -38,9 +39,9 @@ class ProgressLines(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if not self.active or step == 0 or step % self.every or getattr(self, "_last", -1) == step:
+        if not self.active or step == 0 or step % self.every or self._last == step:
             return
-        self._last = step  # one line per optimizer step, also under gradient accumulation
+        self._last = step
         m = trainer.callback_metrics
         parts = [f"{type(pl_module).__name__} step {step}"]
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None

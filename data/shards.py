@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from arrcoc.data.features import lookup
+from arrcoc.processing.files import write_text
 
 log = logging.getLogger("arrcoc.data")
 
@@ -166,9 +167,7 @@ class ShardWriter:
             self._finish_shard()
         manifest = {"format": "arrcoc-vqa/1", "shards": self.shards,
                     "total": sum(s["samples"] for s in self.shards)}
-        tmp = self.out_dir / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.out_dir / MANIFEST)
+        write_text(self.out_dir / MANIFEST, json.dumps(manifest, indent=1))  # atomically, beside it
         self.manifest = manifest
         return manifest
 

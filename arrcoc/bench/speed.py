@@ -17,6 +17,7 @@ does not run stage by stage).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -85,6 +86,7 @@ class Variant:
     full: bool = False
     budget: int | tuple[int, ...] | None = None
 
+    @functools.cache  # noqa: B019 - a handful of variants: the budget tensor is made once, outside the timed calls
     def kwargs(self, device: torch.device) -> dict[str, Any]:
         if self.full:
             return {"full_tokens": True}

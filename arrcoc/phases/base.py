@@ -28,7 +28,7 @@ from torchmetrics import MaxMetric, MeanMetric, MinMetric, SumMetric
 
 from arrcoc.data.collate import model_inputs
 from arrcoc.metrics import BudgetHistogram, ExactMatch, VQAAccuracy
-from arrcoc.model import ARRCOCModel, ARRCOCOutput
+from arrcoc.model import ARRCOCModel, ARRCOCOutput, GenerationOutput
 from arrcoc.phases.evaluation import write_budget_histogram
 from arrcoc.phases.guard import NonFiniteGuard
 from arrcoc.phases.throughput import Throughput
@@ -251,7 +251,9 @@ class PhaseModule(L.LightningModule):
         self.nan_guard.before_optimizer_step(optimizer, self.trainer.strategy)
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: dict[str, Any], prefix: str) -> None:
+    def _evaluate(self, batch: dict[str, Any], prefix: str) -> GenerationOutput:
+        """Update and log the evaluation metrics for one batch; returns the answers and allocations (what callbacks
+        such as ``AllocationFigures`` draw, so none of them runs the model again)."""
         inputs = model_inputs(batch)
         n, valid = len(batch["input_ids"]), batch["valid"]
         out = self.model(**inputs, return_logits=False)
@@ -280,12 +282,13 @@ class PhaseModule(L.LightningModule):
             full = self.model.generate(**inputs, full_tokens=True, max_new_tokens=self.hparams.max_new_tokens)
             self.val_acc_full.update(full.texts, batch["answers"], valid)
             self.log(f"{prefix}/acc_full_tokens", self.val_acc_full, batch_size=n)
+        return gen
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> GenerationOutput:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> GenerationOutput:
+        return self._evaluate(batch, "test")
 
     def on_validation_start(self) -> None:
         self.throughput.reset()  # the next training step's rate must not include validation time
@@ -313,8 +316,7 @@ class PhaseModule(L.LightningModule):
             return
         not_done = ", ".join(f"{r}: {n}" for r, n in sorted(skipped.items())) or "none"
         if evaluated == 0:
-            split = "val" if prefix == "val" else "test"
-            names = dm.source_names(split) if hasattr(dm, "source_names") else []
+            names = dm.source_names(prefix) if hasattr(dm, "source_names") else []
             raise RuntimeError(f"{prefix}: no sample of {names or 'the evaluation data'} could be evaluated (not "
                                f"evaluated, by reason: {not_done}); check the source")
         if self.trainer.is_global_zero:
@@ -336,16 +338,6 @@ class PhaseModule(L.LightningModule):
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             log.warning("predict: no prediction writer among the callbacks, so nothing is written to disk; add "
                         "arrcoc.callbacks.PredictionWriter (the phase configs have it)")
-
-    @torch.no_grad()
-    def answer(self, batch: dict[str, Any], rows: list[int] | None = None):
-        """The model's answers and allocations (``ARRCOCModel.generate``) for a batch, or for some of its rows, with
-        this phase's ``max_new_tokens`` (what callbacks such as ``AllocationFigures`` draw)."""
-        inputs = model_inputs(batch)
-        if rows is not None:
-            index = torch.tensor(rows, device=batch["input_ids"].device)
-            inputs = {k: v.index_select(0, index) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        return self.model.generate(**inputs, max_new_tokens=self.hparams.max_new_tokens)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         gen = self.model.generate(**model_inputs(batch), max_new_tokens=self.hparams.max_new_tokens)

@@ -341,7 +341,8 @@ def _check_yaml(path: str) -> None:
     if not os.path.isfile(path):
         return  # LightningCLI says it does not exist
     try:
-        yaml.safe_load(open(path, encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:
+            yaml.safe_load(f)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
